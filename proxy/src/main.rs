@@ -1,6 +1,174 @@
-//! meshgate edge proxy: the data plane lands with the proxy issue.
+//! `meshgate-proxy`: the meshgate edge proxy.
 
-fn main() {
-    eprintln!("meshgate-proxy: not built yet");
-    std::process::exit(1);
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use meshgate_proxy::demo::{self, DemoOptions};
+use meshgate_proxy::runtime::{Options, Running, Source};
+use meshgate_proxy::snapshot::GatewayRef;
+
+/// How long in-flight requests may take to finish after SIGTERM or Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshgate-proxy",
+    version,
+    about = "meshgate edge proxy",
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Directory of Kubernetes YAML (ApiGateway, Secrets, Services, EndpointSlices),
+    /// polled every 500 ms and re-applied on change.
+    #[arg(long, value_name = "DIR", required = true)]
+    manifests: Option<PathBuf>,
+    /// The ApiGateway to serve when the manifests hold several.
+    #[arg(long, value_name = "NS/NAME")]
+    gateway: Option<GatewayRef>,
+    /// Admin listener (/healthz, /ready, /config, /metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Address the gateway listeners bind to, each on its manifest port.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    bind_ip: IpAddr,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a self-contained demo: an echo backend, a self-signed certificate and an
+    /// embedded ApiGateway, all on 127.0.0.1.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// HTTP listener port (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// HTTPS listener port (0: any free port).
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    /// Admin listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Send the advertised requests, print the results and exit 0 if all passed.
+    #[arg(long)]
+    check: bool,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn stop(running: Running) {
+    tracing::info!("shutting down: no new connections, waiting for in-flight requests");
+    if running.shutdown(SHUTDOWN_GRACE).await {
+        tracing::info!("stopped");
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, meshgate_proxy::Error> {
+    match cli.command {
+        Some(Command::Demo(args)) => {
+            let demo = demo::start(DemoOptions {
+                http_port: args.http_port,
+                https_port: args.https_port,
+                admin: Some(args.admin),
+            })
+            .await?;
+            println!("{}", demo.banner());
+            if args.check {
+                let ok = demo.check().await;
+                demo.running.shutdown(SHUTDOWN_GRACE).await;
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            println!("Press Ctrl-C to stop.");
+            shutdown_signal().await;
+            stop(demo.running).await;
+        }
+        None => {
+            let Some(dir) = cli.manifests else {
+                return Err(meshgate_proxy::Error::Config(
+                    "--manifests DIR is required".into(),
+                ));
+            };
+            let mut options = Options::new(Source::Dir(dir));
+            options.gateway = cli.gateway;
+            options.admin = Some(cli.admin);
+            options.bind_ip = cli.bind_ip;
+            let running = Running::start(options).await?;
+            shutdown_signal().await;
+            stop(running).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let check = matches!(&cli.command, Some(Command::Demo(d)) if d.check);
+    // Keep `demo --check` output to the results unless RUST_LOG asks for more.
+    init_logging(if check { "warn" } else { "info" });
+    // The one crypto provider of the process (also done by `Running::start`).
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("meshgate-proxy: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "meshgate-proxy failed");
+            eprintln!("meshgate-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

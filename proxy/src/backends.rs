@@ -1,0 +1,327 @@
+//! Backends: a route's weighted Services, resolved to ready endpoints through
+//! EndpointSlices, and the choice of one endpoint per request.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use http::uri::Authority;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meshgate_crds::manifests::Manifests;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One address a request can be sent to.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once so requests need not format it.
+    pub authority: Authority,
+}
+
+/// One weighted Service port of a route.
+#[derive(Debug)]
+pub struct Backend {
+    /// `namespace/name:port`.
+    pub name: String,
+    pub weight: u32,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(name: String, weight: u32, addrs: Vec<SocketAddr>) -> Backend {
+        let endpoints = addrs
+            .into_iter()
+            .filter_map(|addr| {
+                let authority = Authority::try_from(addr.to_string()).ok()?;
+                Some(Endpoint { addr, authority })
+            })
+            .collect();
+        Backend {
+            name,
+            weight,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the ready endpoints.
+    fn pick(&self) -> Option<&Endpoint> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => self.endpoints.first(),
+            n => self.endpoints.get(self.next.fetch_add(1, Relaxed) % n),
+        }
+    }
+}
+
+/// What [`Backends::pick`] chose.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    Endpoint(&'a Backend, &'a Endpoint),
+    /// The backend drawn has no ready endpoint.
+    NoEndpoint(&'a Backend),
+    /// The route has no backend with a weight above 0.
+    NoBackend,
+}
+
+/// A route's backends with cumulative weights for a weighted random draw.
+#[derive(Debug, Default)]
+pub struct Backends {
+    items: Vec<Backend>,
+    cumulative: Vec<u64>,
+}
+
+impl Backends {
+    pub fn new(items: Vec<Backend>) -> Backends {
+        let mut total = 0u64;
+        let cumulative = items
+            .iter()
+            .map(|b| {
+                total += u64::from(b.weight);
+                total
+            })
+            .collect();
+        Backends { items, cumulative }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.items.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn total_weight(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// Draws a backend by weight, then an endpoint of it round robin.
+    pub fn pick(&self) -> Pick<'_> {
+        let total = self.total_weight();
+        if total == 0 {
+            return Pick::NoBackend;
+        }
+        let draw = fastrand::u64(0..total);
+        let index = self.cumulative.partition_point(|&c| c <= draw);
+        match self.items.get(index) {
+            Some(backend) => match backend.pick() {
+                Some(endpoint) => Pick::Endpoint(backend, endpoint),
+                None => Pick::NoEndpoint(backend),
+            },
+            None => Pick::NoBackend,
+        }
+    }
+}
+
+/// Services and their EndpointSlices from a set of manifests, by namespace and name.
+pub struct ServiceIndex<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+/// The namespace of an object; `default` when the manifest leaves it out.
+pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+impl<'a> ServiceIndex<'a> {
+    pub fn new(manifests: &'a Manifests) -> ServiceIndex<'a> {
+        let mut services = HashMap::new();
+        for svc in &manifests.services {
+            if let Some(name) = svc.metadata.name.as_deref() {
+                services.insert((namespace_of(&svc.metadata), name), svc);
+            }
+        }
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for slice in &manifests.endpoint_slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(service) = service {
+                slices
+                    .entry((namespace_of(&slice.metadata), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        ServiceIndex { services, slices }
+    }
+
+    /// The ready endpoint addresses of Service `namespace/name` port `port`.
+    ///
+    /// Errors when the Service or its port does not exist; a Service without ready
+    /// endpoints is not an error (requests get 503 until endpoints appear).
+    pub fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: i32,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let svc = self
+            .services
+            .get(&(namespace, name))
+            .ok_or_else(|| format!("backend Service {namespace}/{name} not found"))?;
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err(format!(
+                "backend Service {namespace}/{name} is of type ExternalName, which is not supported"
+            ));
+        }
+        let service_port = spec
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+            .ok_or_else(|| format!("backend Service {namespace}/{name} has no port {port}"))?;
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let mut addrs = Vec::new();
+        for slice in self.slices.get(&(namespace, name)).into_iter().flatten() {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let target = slice.ports.iter().flatten().find_map(|p| {
+                (p.name.as_deref().unwrap_or("") == port_name)
+                    .then_some(p.port)
+                    .flatten()
+            });
+            let Some(target) = target.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                // Kubernetes: a nil `ready` is to be read as ready.
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                let ip = endpoint
+                    .addresses
+                    .first()
+                    .and_then(|a| a.parse::<IpAddr>().ok());
+                if let (true, Some(ip)) = (ready, ip) {
+                    addrs.push(SocketAddr::new(ip, target));
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifests(yaml: &str) -> Manifests {
+        let loaded = meshgate_crds::manifests::load_str("test", yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.manifests
+    }
+
+    const SVC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: admin, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: admin, port: 9901}]
+endpoints:
+- addresses: [10.0.0.1]
+  conditions: {ready: true}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+- addresses: [10.0.0.3]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other, namespace: shop, labels: {kubernetes.io/service-name: other}}
+addressType: IPv4
+ports: [{name: http, port: 1}]
+endpoints: [{addresses: [10.9.9.9]}]
+"#;
+
+    #[test]
+    fn resolves_ready_endpoints_by_port_name() {
+        let m = manifests(SVC);
+        let index = ServiceIndex::new(&m);
+        let http = index.resolve("shop", "web", 80).unwrap();
+        assert_eq!(
+            http,
+            vec![
+                "10.0.0.1:8080".parse().unwrap(),
+                "10.0.0.3:8080".parse().unwrap()
+            ]
+        );
+        let admin = index.resolve("shop", "web", 9000).unwrap();
+        assert_eq!(admin[0], "10.0.0.1:9901".parse().unwrap());
+    }
+
+    #[test]
+    fn missing_service_or_port_is_an_error() {
+        let m = manifests(SVC);
+        let index = ServiceIndex::new(&m);
+        assert!(index
+            .resolve("shop", "nope", 80)
+            .unwrap_err()
+            .contains("not found"));
+        assert!(index
+            .resolve("default", "web", 80)
+            .unwrap_err()
+            .contains("not found"));
+        assert!(index
+            .resolve("shop", "web", 81)
+            .unwrap_err()
+            .contains("no port 81"));
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights_and_skips_zero() {
+        let a = Backend::new("a".into(), 3, vec!["127.0.0.1:1".parse().unwrap()]);
+        let zero = Backend::new("z".into(), 0, vec!["127.0.0.1:2".parse().unwrap()]);
+        let b = Backend::new("b".into(), 1, vec!["127.0.0.1:3".parse().unwrap()]);
+        let backends = Backends::new(vec![a, zero, b]);
+        let mut counts = HashMap::new();
+        for _ in 0..4000 {
+            match backends.pick() {
+                Pick::Endpoint(backend, _) => *counts.entry(backend.name.clone()).or_insert(0) += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(counts.get("z"), None);
+        let a = counts["a"] as f64 / 4000.0;
+        assert!((a - 0.75).abs() < 0.05, "share of a: {a}");
+    }
+
+    #[test]
+    fn no_endpoints_and_no_weight() {
+        let empty = Backends::new(vec![Backend::new("e".into(), 1, vec![])]);
+        assert!(matches!(empty.pick(), Pick::NoEndpoint(b) if b.name == "e"));
+        let zero = Backends::new(vec![Backend::new("z".into(), 0, vec![])]);
+        assert!(matches!(zero.pick(), Pick::NoBackend));
+    }
+
+    #[test]
+    fn round_robin_over_endpoints() {
+        let b = Backend::new(
+            "rr".into(),
+            1,
+            vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+        );
+        let picks: Vec<u16> = (0..4).map(|_| b.pick().unwrap().addr.port()).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+}

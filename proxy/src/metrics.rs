@@ -1,0 +1,196 @@
+//! Counters for `/metrics`, as plain atomics.
+//!
+//! Per-route counters live in a registry keyed by route name, so they survive
+//! reloads: compiling a snapshot looks them up (the only place the registry's mutex
+//! is taken) and each compiled route holds an `Arc` to its own, so the request path
+//! only does an atomic add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+
+/// Response flags, the reason a response did not come from an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    /// No route matched.
+    NoRoute,
+    /// The chosen backend has no ready endpoint.
+    NoHealthy,
+    /// Connecting to the upstream failed.
+    UpstreamConnect,
+    /// The upstream connection failed after it was established (reset, bad response).
+    UpstreamConnection,
+    /// The route's timeout expired before the upstream answered.
+    UpstreamTimeout,
+    /// The request could not be proxied as it is (bad host or path).
+    BadRequest,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 6] = [
+        Flag::NoRoute,
+        Flag::NoHealthy,
+        Flag::UpstreamConnect,
+        Flag::UpstreamConnection,
+        Flag::UpstreamTimeout,
+        Flag::BadRequest,
+    ];
+
+    /// The short code sent in `x-meshgate-flags` (Envoy-style).
+    pub fn code(self) -> &'static str {
+        match self {
+            Flag::NoRoute => "NR",
+            Flag::NoHealthy => "NH",
+            Flag::UpstreamConnect => "UF",
+            Flag::UpstreamConnection => "UC",
+            Flag::UpstreamTimeout => "UT",
+            Flag::BadRequest => "BR",
+        }
+    }
+}
+
+/// Responses of one route by status class (1xx..5xx).
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    by_class: [AtomicU64; 5],
+}
+
+impl RouteCounters {
+    pub fn record(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, class: usize) -> u64 {
+        self.by_class
+            .get(class.wrapping_sub(1))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+/// Every counter of the process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<String, Arc<RouteCounters>>>,
+    /// Requests that matched no route.
+    pub unmatched: RouteCounters,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub config_version: AtomicU64,
+    flags: [AtomicU64; Flag::ALL.len()],
+}
+
+impl Metrics {
+    /// The counters of route `name`, created on first use.
+    pub fn route(&self, name: &str) -> Arc<RouteCounters> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn flag(&self, flag: Flag) {
+        self.flags[flag as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024);
+        out.push_str("# HELP meshgate_requests_total Requests answered, by route and status class (route=\"\": no route matched).\n");
+        out.push_str("# TYPE meshgate_requests_total counter\n");
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let all = std::iter::once(("", &self.unmatched))
+            .chain(routes.iter().map(|(name, c)| (name.as_str(), &**c)));
+        for (name, counters) in all {
+            let name = escape_label(name);
+            for class in 1..=5 {
+                let _ = writeln!(
+                    out,
+                    "meshgate_requests_total{{route=\"{name}\",code=\"{class}xx\"}} {}",
+                    counters.get(class)
+                );
+            }
+        }
+        drop(routes);
+        out.push_str(
+            "# HELP meshgate_local_responses_total Responses made by the proxy itself, by flag.\n",
+        );
+        out.push_str("# TYPE meshgate_local_responses_total counter\n");
+        for flag in Flag::ALL {
+            let _ = writeln!(
+                out,
+                "meshgate_local_responses_total{{flag=\"{}\"}} {}",
+                flag.code(),
+                self.flags[flag as usize].load(Relaxed)
+            );
+        }
+        out.push_str("# HELP meshgate_config_reloads_total Configuration reloads, by result.\n");
+        out.push_str("# TYPE meshgate_config_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "meshgate_config_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "meshgate_config_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_failed.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP meshgate_config_version Version of the active configuration snapshot.\n",
+        );
+        out.push_str("# TYPE meshgate_config_version gauge\n");
+        let _ = writeln!(
+            out,
+            "meshgate_config_version {}",
+            self.config_version.load(Relaxed)
+        );
+        out
+    }
+}
+
+/// Escapes a Prometheus label value (route names are not validated by the loader).
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '"', '\n']) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_survive_lookups_and_render() {
+        let m = Metrics::default();
+        m.route("echo").record(StatusCode::OK);
+        m.route("echo").record(StatusCode::BAD_GATEWAY);
+        m.unmatched.record(StatusCode::NOT_FOUND);
+        m.flag(Flag::NoRoute);
+        let text = m.render();
+        assert!(
+            text.contains("meshgate_requests_total{route=\"echo\",code=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshgate_requests_total{route=\"echo\",code=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshgate_requests_total{route=\"\",code=\"4xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshgate_local_responses_total{flag=\"NR\"} 1"),
+            "{text}"
+        );
+        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

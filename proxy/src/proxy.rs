@@ -1,0 +1,466 @@
+//! The request path: route, filter, pick an endpoint, forward, stream back.
+//!
+//! Everything that needs the configuration happens synchronously in [`plan`] with
+//! one `ArcSwap` load; only the chosen route (an `Arc`) is kept across the upstream
+//! call. Bodies are streamed both ways, never buffered.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme as UriScheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::backends::Pick;
+use crate::filters::{location, RedirectInput, Scheme};
+use crate::metrics::Flag;
+use crate::routes::Route;
+use crate::routing::{normalize_host, normalize_path, RequestView};
+use crate::snapshot::Snapshot;
+use crate::state::State;
+
+/// Response bodies: streamed from the upstream, or made here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The response header that says why the proxy answered by itself.
+pub const FLAGS_HEADER: &str = "x-meshgate-flags";
+/// Request id header, added when absent.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What a request needs to know about its connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub state: Arc<State>,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+    /// The listener's port as clients see it (for redirects).
+    pub listener_port: u16,
+}
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`. `Upgrade` is
+/// removed too: protocol upgrades (WebSocket) are not proxied yet.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// A response made by the proxy itself.
+pub fn local_response(
+    status: StatusCode,
+    flag: Option<Flag>,
+    body: &'static str,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(flag) = flag {
+        headers.insert(FLAGS_HEADER, HeaderValue::from_static(flag.code()));
+    }
+    response
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut response = local_response(status, None, "");
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The outcome of routing.
+enum Plan {
+    /// Answer without an upstream.
+    Local {
+        response: Response<ProxyBody>,
+        route: Option<Arc<Route>>,
+        flag: Option<Flag>,
+    },
+    /// Send `request` (already rewritten) upstream.
+    Forward {
+        request: Request<Incoming>,
+        route: Arc<Route>,
+        upstream: SocketAddr,
+    },
+}
+
+impl Plan {
+    fn local(
+        status: StatusCode,
+        flag: Flag,
+        body: &'static str,
+        route: Option<Arc<Route>>,
+    ) -> Plan {
+        Plan::Local {
+            response: local_response(status, Some(flag), body),
+            route,
+            flag: Some(flag),
+        }
+    }
+}
+
+/// The hyper service of a listener connection.
+pub async fn serve(
+    request: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(handle(request, &conn).await)
+}
+
+/// Proxies one request.
+pub async fn handle(request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let state = &*conn.state;
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    // The one snapshot load of this request; the guard is gone before any await.
+    let (plan, access_log) = {
+        let snapshot = state.snapshot.load();
+        (plan(request, conn, &snapshot), snapshot.client.access_log)
+    };
+
+    let (response, route, flag, upstream) = match plan {
+        Plan::Local {
+            response,
+            route,
+            flag,
+        } => (response, route, flag, None),
+        Plan::Forward {
+            request,
+            route,
+            upstream,
+        } => {
+            let (response, flag) = forward(state, request, &route, upstream).await;
+            (response, Some(route), flag, Some(upstream))
+        }
+    };
+
+    let status = response.status();
+    match &route {
+        Some(route) => route.counters.record(status),
+        None => state.metrics.unmatched.record(status),
+    }
+    if let Some(flag) = flag {
+        state.metrics.flag(flag);
+    }
+    if access_log {
+        tracing::info!(
+            target: "meshgate::access",
+            listener = &*conn.listener,
+            client = %conn.peer,
+            method = %method,
+            uri = %uri,
+            status = status.as_u16(),
+            route = route.as_ref().map(|r| r.name.as_str()),
+            upstream = upstream.map(|u| u.to_string()),
+            flags = flag.map(Flag::code),
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+    response
+}
+
+/// Routes the request and applies the request filters.
+fn plan(request: Request<Incoming>, conn: &ConnInfo, snapshot: &Snapshot) -> Plan {
+    let Some(listener) = snapshot.listener(&conn.listener) else {
+        return Plan::local(StatusCode::NOT_FOUND, Flag::NoRoute, "no route\n", None);
+    };
+    let (mut parts, body) = request.into_parts();
+
+    // RFC 9112 3.2.2: the authority of an absolute-form target wins over Host.
+    let raw_host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let Some(raw_host) = raw_host else {
+        return Plan::local(
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "missing host\n",
+            None,
+        );
+    };
+    let Some(host) = raw_host.to_str().ok().and_then(normalize_host) else {
+        return Plan::local(
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "invalid host\n",
+            None,
+        );
+    };
+    let Some(path) = normalize_path(parts.uri.path()) else {
+        return Plan::local(
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "invalid path\n",
+            None,
+        );
+    };
+    let query = parts.uri.query();
+
+    if let Some(redirect) = listener.https_redirect {
+        let location = location(Scheme::Https, &host, redirect.port, &path, query);
+        return Plan::Local {
+            response: redirect_response(redirect.status, &location),
+            route: None,
+            flag: None,
+        };
+    }
+
+    let view = RequestView {
+        host: &host,
+        path: &path,
+        query,
+        method: &parts.method,
+        headers: &parts.headers,
+    };
+    let Some(found) = listener.routes.find(&view) else {
+        return Plan::local(StatusCode::NOT_FOUND, Flag::NoRoute, "no route\n", None);
+    };
+    let route = found.route.clone();
+
+    if let Some(redirect) = &route.redirect {
+        let location = redirect.location(&RedirectInput {
+            scheme: conn.scheme,
+            host: &host,
+            listener_port: conn.listener_port,
+            path: &path,
+            query,
+            prefix: found.prefix,
+        });
+        let mut response = redirect_response(redirect.status, &location);
+        if let Some(modifier) = &route.response_headers {
+            modifier.apply(response.headers_mut());
+        }
+        return Plan::Local {
+            response,
+            route: Some(route),
+            flag: None,
+        };
+    }
+
+    let endpoint = match route.backends.pick() {
+        Pick::Endpoint(_, endpoint) => endpoint,
+        Pick::NoEndpoint(_) | Pick::NoBackend => {
+            return Plan::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::NoHealthy,
+                "no healthy upstream\n",
+                Some(route.clone()),
+            );
+        }
+    };
+
+    // The upstream target: the rewritten or normalised path, the query unchanged.
+    let rewrite = route.rewrite.as_ref().and_then(|r| r.path.as_ref());
+    let new_path = match (rewrite, path) {
+        (Some(modifier), path) => Some(modifier.apply(&path, found.prefix)),
+        (None, Cow::Owned(normalised)) => Some(normalised),
+        (None, Cow::Borrowed(_)) => None,
+    };
+    let path_and_query = match new_path {
+        Some(path) => PathAndQuery::try_from(match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        })
+        .ok(),
+        None => parts.uri.path_and_query().cloned(),
+    };
+    let uri = path_and_query.and_then(|path_and_query| {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(UriScheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query);
+        Uri::from_parts(uri).ok()
+    });
+    let Some(uri) = uri else {
+        return Plan::local(
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "invalid path\n",
+            Some(route.clone()),
+        );
+    };
+    let upstream = endpoint.addr;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    set_forwarded_headers(headers, conn, &raw_host);
+    let upstream_host = route
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.hostname.clone())
+        .unwrap_or(raw_host);
+    headers.insert(header::HOST, upstream_host);
+    if let Some(modifier) = &route.request_headers {
+        modifier.apply(headers);
+    }
+    Plan::Forward {
+        request: Request::from_parts(parts, body),
+        route,
+        upstream,
+    }
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and x-request-id.
+fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    let peer = conn.peer.ip().to_string();
+    let mut xff = String::new();
+    for value in headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        xff.push_str(value);
+        xff.push_str(", ");
+    }
+    xff.push_str(&peer);
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(conn.scheme.as_str()),
+    );
+    headers.insert("x-forwarded-host", host.clone());
+    if !headers.contains_key(REQUEST_ID_HEADER) {
+        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))) {
+            headers.insert(REQUEST_ID_HEADER, id);
+        }
+    }
+}
+
+/// Sends the request to the upstream within the route's timeout.
+async fn forward(
+    state: &State,
+    request: Request<Incoming>,
+    route: &Route,
+    upstream: SocketAddr,
+) -> (Response<ProxyBody>, Option<Flag>) {
+    let call = state.upstream.request(request);
+    let result = match route.timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                return (
+                    local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Some(Flag::UpstreamTimeout),
+                        "upstream timeout\n",
+                    ),
+                    Some(Flag::UpstreamTimeout),
+                )
+            }
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(modifier) = &route.response_headers {
+                modifier.apply(&mut parts.headers);
+            }
+            (Response::from_parts(parts, Either::Left(body)), None)
+        }
+        Err(e) => {
+            let flag = if e.is_connect() {
+                Flag::UpstreamConnect
+            } else {
+                Flag::UpstreamConnection
+            };
+            tracing::warn!(route = %route.name, %upstream, error = %error_chain(&e), flag = flag.code(), "upstream request failed");
+            let body = if e.is_connect() {
+                "upstream connect failure\n"
+            } else {
+                "upstream connection failure\n"
+            };
+            (
+                local_response(StatusCode::BAD_GATEWAY, Some(flag), body),
+                Some(flag),
+            )
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn local_responses_carry_the_flag() {
+        let r = local_response(StatusCode::NOT_FOUND, Some(Flag::NoRoute), "no route\n");
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()[FLAGS_HEADER], "NR");
+    }
+}

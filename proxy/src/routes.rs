@@ -1,0 +1,271 @@
+//! Compiles one ApiGateway route into the form the request path uses. A route that
+//! does not compile is reported and left out; it never affects the other routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use meshgate_crds::route::{self as api, PathMatchType, RouteFilterType, ValueMatchType};
+use regex::{Regex, RegexBuilder};
+
+use crate::backends::{Backend, Backends, ServiceIndex};
+use crate::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use crate::metrics::{Metrics, RouteCounters};
+use crate::routing::{HeaderRule, MatchRule, PathRule, QueryRule, ValueRule};
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Listener names; empty means all.
+    pub listeners: Vec<String>,
+    /// Lower case; empty means those of the listener.
+    pub hostnames: Vec<String>,
+    pub matches: Vec<MatchRule>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub rewrite: Option<UrlRewrite>,
+    pub redirect: Option<Redirect>,
+    pub backends: Backends,
+    /// The shorter of `timeouts.request` and `timeouts.backendRequest` (no retries yet).
+    pub timeout: Option<Duration>,
+    pub counters: Arc<RouteCounters>,
+    /// Filter kinds in use, for `/config`.
+    pub filters: Vec<&'static str>,
+}
+
+/// What compiling a route needs from the rest of the gateway.
+pub struct Context<'a> {
+    pub namespace: &'a str,
+    pub listener_names: &'a [String],
+    pub services: &'a ServiceIndex<'a>,
+    pub metrics: &'a Metrics,
+}
+
+/// Largest compiled size of a user regular expression.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+fn anchored_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
+}
+
+fn value_rule(kind: ValueMatchType, value: &str) -> Result<ValueRule, String> {
+    Ok(match kind {
+        ValueMatchType::Exact => ValueRule::Exact(value.to_string()),
+        ValueMatchType::RegularExpression => ValueRule::Regex(anchored_regex(value)?),
+    })
+}
+
+fn path_rule(path: Option<&api::PathMatch>) -> Result<PathRule, String> {
+    let Some(path) = path else {
+        return Ok(PathRule::Prefix(String::new()));
+    };
+    let value = path.value.as_str();
+    if path.kind != PathMatchType::RegularExpression {
+        if !value.starts_with('/') {
+            return Err(format!("path {value:?} must start with '/'"));
+        }
+        if value.split('/').any(|s| s == "." || s == "..") {
+            return Err(format!(
+                "path {value:?} must not contain '.' or '..' segments"
+            ));
+        }
+    }
+    Ok(match path.kind {
+        PathMatchType::Exact => PathRule::Exact(value.to_string()),
+        PathMatchType::PathPrefix => PathRule::Prefix(value.trim_end_matches('/').to_string()),
+        PathMatchType::RegularExpression => PathRule::Regex(anchored_regex(value)?),
+    })
+}
+
+fn method(m: api::HttpMethod) -> Method {
+    use api::HttpMethod::*;
+    match m {
+        GET => Method::GET,
+        HEAD => Method::HEAD,
+        POST => Method::POST,
+        PUT => Method::PUT,
+        DELETE => Method::DELETE,
+        CONNECT => Method::CONNECT,
+        OPTIONS => Method::OPTIONS,
+        TRACE => Method::TRACE,
+        PATCH => Method::PATCH,
+    }
+}
+
+fn match_rule(m: &api::RouteMatch) -> Result<MatchRule, String> {
+    // Gateway API: of several conditions on one name, only the first counts.
+    let mut headers: Vec<HeaderRule> = Vec::with_capacity(m.headers.len());
+    for h in &m.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        if !headers.iter().any(|r| r.name == name) {
+            headers.push(HeaderRule {
+                name,
+                value: value_rule(h.kind, &h.value)?,
+            });
+        }
+    }
+    let mut query: Vec<QueryRule> = Vec::with_capacity(m.query_params.len());
+    for q in &m.query_params {
+        if !query.iter().any(|r| r.name == q.name) {
+            query.push(QueryRule {
+                name: q.name.clone(),
+                value: value_rule(q.kind, &q.value)?,
+            });
+        }
+    }
+    Ok(MatchRule {
+        path: path_rule(m.path.as_ref())?,
+        method: m.method.map(method),
+        headers,
+        query,
+    })
+}
+
+fn setting<T>(value: &Option<T>, kind: RouteFilterType) -> Result<&T, String> {
+    value
+        .as_ref()
+        .ok_or_else(|| format!("filter {kind:?} is missing its settings"))
+}
+
+/// Compiles `route`. Warnings are returned for parts that are accepted but not
+/// implemented yet; an `Err` means the route must be left out.
+pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<String>), String> {
+    let mut warnings = Vec::new();
+    for listener in &route.listeners {
+        if !cx.listener_names.contains(listener) {
+            return Err(format!("listener {listener:?} does not exist"));
+        }
+    }
+    let matches = if route.matches.is_empty() {
+        vec![match_rule(&api::RouteMatch::default())?]
+    } else {
+        route
+            .matches
+            .iter()
+            .map(match_rule)
+            .collect::<Result<Vec<_>, _>>()?
+    };
+
+    let (mut request_headers, mut response_headers, mut rewrite, mut redirect) =
+        (None, None, None, None);
+    let mut filters = Vec::new();
+    for f in &route.filters {
+        let kind = f.kind;
+        let duplicate = match kind {
+            RouteFilterType::RequestHeaderModifier => request_headers
+                .replace(HeaderModifier::compile(setting(
+                    &f.request_header_modifier,
+                    kind,
+                )?)?)
+                .is_some(),
+            RouteFilterType::ResponseHeaderModifier => response_headers
+                .replace(HeaderModifier::compile(setting(
+                    &f.response_header_modifier,
+                    kind,
+                )?)?)
+                .is_some(),
+            RouteFilterType::URLRewrite => rewrite
+                .replace(UrlRewrite::compile(setting(&f.url_rewrite, kind)?)?)
+                .is_some(),
+            RouteFilterType::RequestRedirect => redirect
+                .replace(Redirect::compile(setting(&f.request_redirect, kind)?)?)
+                .is_some(),
+            RouteFilterType::RequestMirror => {
+                warnings.push(
+                    "RequestMirror is not implemented yet; requests are not mirrored".to_string(),
+                );
+                false
+            }
+        };
+        if duplicate {
+            return Err(format!("filter {kind:?} is given more than once"));
+        }
+        filters.push(match kind {
+            RouteFilterType::RequestHeaderModifier => "RequestHeaderModifier",
+            RouteFilterType::ResponseHeaderModifier => "ResponseHeaderModifier",
+            RouteFilterType::URLRewrite => "URLRewrite",
+            RouteFilterType::RequestRedirect => "RequestRedirect",
+            RouteFilterType::RequestMirror => "RequestMirror",
+        });
+    }
+    if redirect.is_some() && rewrite.is_some() {
+        return Err("RequestRedirect and URLRewrite cannot be used together".to_string());
+    }
+    if redirect.is_some() && !route.backend_refs.is_empty() {
+        return Err(
+            "a route with a RequestRedirect filter cannot also have backendRefs".to_string(),
+        );
+    }
+    if redirect.is_none() && route.backend_refs.is_empty() {
+        return Err("a route needs backendRefs or a RequestRedirect filter".to_string());
+    }
+    let prefix_rewrite = [
+        rewrite.as_ref().and_then(|r| r.path.as_ref()),
+        redirect.as_ref().and_then(|r| r.path.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|p| matches!(p, PathModifier::Prefix(_)));
+    if prefix_rewrite
+        && !matches
+            .iter()
+            .all(|m| matches!(m.path, PathRule::Prefix(_)))
+    {
+        return Err("ReplacePrefixMatch needs every match to be a PathPrefix match".to_string());
+    }
+
+    let mut backends = Vec::with_capacity(route.backend_refs.len());
+    for b in &route.backend_refs {
+        let namespace = b.namespace.as_deref().unwrap_or(cx.namespace);
+        let endpoints = cx.services.resolve(namespace, &b.name, b.port)?;
+        backends.push(Backend::new(
+            format!("{namespace}/{}:{}", b.name, b.port),
+            b.weight(),
+            endpoints,
+        ));
+    }
+    let backends = Backends::new(backends);
+    if redirect.is_none() && backends.total_weight() == 0 {
+        return Err("every backendRef has weight 0".to_string());
+    }
+
+    let mut timeout: Option<Duration> = None;
+    if let Some(t) = &route.timeouts {
+        for d in [&t.request, &t.backend_request].into_iter().flatten() {
+            let d = d.to_std().map_err(|e| e.to_string())?;
+            // A zero duration disables the timeout (Gateway API).
+            if !d.is_zero() {
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+        }
+    }
+    if route.retry.is_some() {
+        warnings.push("retry is not implemented yet; failed requests are not retried".to_string());
+    }
+
+    let compiled = Route {
+        name: route.name.clone(),
+        listeners: route.listeners.clone(),
+        hostnames: route
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        matches,
+        request_headers,
+        response_headers,
+        rewrite,
+        redirect,
+        backends,
+        timeout,
+        counters: cx.metrics.route(&route.name),
+        filters,
+    };
+    Ok((compiled, warnings))
+}

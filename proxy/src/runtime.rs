@@ -1,0 +1,204 @@
+//! Starting and stopping a proxy: the first snapshot, the admin listener, the
+//! gateway listeners and the reloader.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshgate_crds::manifests::Manifests;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::server::{self, ListenerSpec};
+use crate::snapshot::{compile, GatewayRef};
+use crate::state::{BoundListener, State};
+use crate::{admin, reload, Error};
+
+/// Where the configuration comes from.
+#[derive(Debug)]
+pub enum Source {
+    /// A directory of manifests, watched for changes.
+    Dir(PathBuf),
+    /// Fixed manifests (the demo).
+    Manifests(Box<Manifests>),
+}
+
+#[derive(Debug)]
+pub struct Options {
+    pub source: Source,
+    pub gateway: Option<GatewayRef>,
+    /// Admin listener address; none to run without.
+    pub admin: Option<SocketAddr>,
+    /// Address listeners bind to, with their manifest port.
+    pub bind_ip: IpAddr,
+    /// Per listener name, an address to bind instead (port 0: any free port).
+    pub listen: HashMap<String, SocketAddr>,
+    pub poll_interval: Duration,
+}
+
+impl Options {
+    pub fn new(source: Source) -> Options {
+        Options {
+            source,
+            gateway: None,
+            admin: None,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listen: HashMap::new(),
+            poll_interval: reload::POLL_INTERVAL,
+        }
+    }
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    pub state: Arc<State>,
+    admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Loads the first snapshot (failing if it cannot be), binds every listener and
+    /// starts serving.
+    pub async fn start(options: Options) -> Result<Running, Error> {
+        crate::install_crypto_provider();
+        let state = State::new();
+        let gateway = options.gateway.clone();
+        let mut fingerprint = None;
+        let snapshot = match &options.source {
+            Source::Dir(dir) => {
+                let (dir, gw, st) = (dir.clone(), gateway.clone(), state.clone());
+                let (fp, snapshot) = tokio::task::spawn_blocking(move || {
+                    let fp = reload::fingerprint(&dir);
+                    (fp, reload::load_snapshot(&dir, gw.as_ref(), 1, &st.metrics))
+                })
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+                fingerprint = Some(fp);
+                snapshot?
+            }
+            Source::Manifests(m) => compile(m, gateway.as_ref(), 1, &state.metrics)?,
+        };
+        let specs: Vec<(ListenerSpec, SocketAddr, bool)> = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                let overridden = options.listen.get(&l.name).copied();
+                let addr = overridden.unwrap_or(SocketAddr::new(options.bind_ip, l.port));
+                let spec = ListenerSpec {
+                    name: l.name.clone(),
+                    protocol: l.protocol,
+                    public_port: l.port,
+                    tls13_only: l.tls.as_ref().is_some_and(|t| t.tls13_only),
+                };
+                (spec, addr, overridden.is_some())
+            })
+            .collect();
+        reload::apply(&state, snapshot);
+
+        // Bind everything before starting anything, so a failure leaves nothing running.
+        let admin_listener = options
+            .admin
+            .map(|addr| server::bind(addr, "admin"))
+            .transpose()?;
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for (mut spec, addr, overridden) in specs {
+            let listener = server::bind(addr, &format!("listener {}", spec.name))?;
+            let local = listener.local_addr()?;
+            if overridden {
+                spec.public_port = local.port();
+            }
+            bound.push(BoundListener {
+                name: spec.name.clone(),
+                address: local,
+            });
+            listeners.push((listener, spec));
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(listener) = admin_listener {
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let _ = state.bound.set(bound.clone());
+        for (listener, spec) in listeners {
+            match server::spawn_listener(listener, spec, state.clone(), shutdown_rx.clone()) {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    let _ = shutdown.send(true);
+                    return Err(e);
+                }
+            }
+        }
+        if let (Source::Dir(dir), Some(fingerprint)) = (options.source, fingerprint) {
+            tasks.push(tokio::spawn(reload::watch_dir(
+                state.clone(),
+                dir,
+                gateway,
+                options.poll_interval,
+                fingerprint,
+                shutdown_rx.clone(),
+            )));
+        }
+        state.ready.store(true, Ordering::Relaxed);
+        for b in &bound {
+            tracing::info!(listener = %b.name, address = %b.address, "listening");
+        }
+        if let Some(addr) = admin_addr {
+            tracing::info!(address = %addr, "admin listening");
+        }
+        Ok(Running {
+            state,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The address listener `name` is bound to.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.state
+            .bound
+            .get()?
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.address)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, and
+    /// reports whether everything finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.state.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        };
+        let drained = tokio::time::timeout(grace, all).await.is_ok();
+        if !drained {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        drained
+    }
+}

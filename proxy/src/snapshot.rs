@@ -1,0 +1,510 @@
+//! The immutable configuration the proxy serves: one ApiGateway compiled together
+//! with the Secrets, Services and EndpointSlices it refers to.
+//!
+//! Problems confined to one route (a bad regex, a missing Service) or one
+//! certificate are recorded in [`Snapshot::errors`] and leave the rest working;
+//! only problems that leave no sensible gateway (no ApiGateway, bad listeners) fail
+//! the whole compile.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use meshgate_crds::gateway::{ListenerProtocol, MeshMode, TlsVersion};
+use meshgate_crds::manifests::Manifests;
+use meshgate_crds::ApiGateway;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::backends::{namespace_of, ServiceIndex};
+use crate::metrics::Metrics;
+use crate::routes::{self, Route};
+use crate::routing::{PathRule, RouteTable};
+use crate::state::BoundListener;
+use crate::tls::{self, CertStore};
+use crate::Error;
+
+/// `--gateway NS/NAME` (or `NAME`, in any namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl FromStr for GatewayRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (namespace, name) = match s.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_string()), name),
+            None => (None, s),
+        };
+        if name.is_empty() || name.contains('/') || namespace.as_deref() == Some("") {
+            return Err(format!("expected NAMESPACE/NAME or NAME, got {s:?}"));
+        }
+        Ok(GatewayRef {
+            namespace,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A problem (or, for warnings, an unimplemented setting) of one object.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// `gateway`, `listener/NAME` or `route/NAME`.
+    pub object: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    fn new(object: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            object: object.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Connection settings shared by every listener (ApiGateway `clientTraffic`).
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub access_log: bool,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 100,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub certs: CertStore,
+    pub tls13_only: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsRedirect {
+    pub port: u16,
+    pub status: StatusCode,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    pub hostname: Option<String>,
+    pub tls: Option<ListenerTls>,
+    pub https_redirect: Option<HttpsRedirect>,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// 0 for the empty snapshot before the first load, then 1, 2, ...
+    pub version: u64,
+    /// `namespace/name` of the ApiGateway.
+    pub gateway: String,
+    pub listeners: Vec<Listener>,
+    /// The routes served, in declaration order.
+    pub routes: Vec<Arc<Route>>,
+    /// Objects left out: routes dropped, certificates not loaded.
+    pub errors: Vec<ConfigIssue>,
+    /// Settings accepted but not (yet) acted on.
+    pub warnings: Vec<ConfigIssue>,
+    pub client: ClientSettings,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            gateway: String::new(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            client: ClientSettings::default(),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// What `/config` shows: everything but key material.
+    pub fn summary(&self, bound: &[BoundListener]) -> Value {
+        let listeners: Vec<Value> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                json!({
+                    "name": l.name,
+                    "port": l.port,
+                    "address": bound.iter().find(|b| b.name == l.name).map(|b| b.address.to_string()),
+                    "protocol": format!("{:?}", l.protocol),
+                    "hostname": l.hostname,
+                    "httpsRedirect": l.https_redirect.map(|r| json!({"port": r.port, "statusCode": r.status.as_u16()})),
+                    "certificates": l.tls.as_ref().map(|t| &t.certs.summary),
+                    "routes": l.routes.attached,
+                })
+            })
+            .collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "hostnames": r.hostnames,
+                    "listeners": r.listeners,
+                    "matches": r.matches.iter().map(|m| {
+                        let path = match &m.path {
+                            PathRule::Exact(p) => format!("Exact {p}"),
+                            PathRule::Prefix(p) => format!("PathPrefix {}", if p.is_empty() { "/" } else { p }),
+                            PathRule::Regex(re) => format!("RegularExpression {}", re.as_str()),
+                        };
+                        json!({
+                            "path": path,
+                            "method": m.method.as_ref().map(|m| m.as_str()),
+                            "headers": m.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+                            "queryParams": m.query.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+                        })
+                    }).collect::<Vec<_>>(),
+                    "filters": r.filters,
+                    "timeoutMs": r.timeout.map(|t| t.as_millis() as u64),
+                    "backends": r.backends.iter().map(|b| json!({
+                        "name": b.name,
+                        "weight": b.weight,
+                        "endpoints": b.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "version": self.version,
+            "gateway": self.gateway,
+            "listeners": listeners,
+            "routes": routes,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+fn gateway_name(gw: &ApiGateway) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(&gw.metadata),
+        gw.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The ApiGateway to serve: the one named, or the only one present.
+pub fn select_gateway<'a>(
+    manifests: &'a Manifests,
+    selector: Option<&GatewayRef>,
+) -> Result<&'a ApiGateway, Error> {
+    let all = || {
+        manifests
+            .gateways
+            .iter()
+            .map(gateway_name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let candidates: Vec<&ApiGateway> = manifests
+        .gateways
+        .iter()
+        .filter(|gw| {
+            selector.is_none_or(|s| {
+                gw.metadata.name.as_deref() == Some(s.name.as_str())
+                    && s.namespace
+                        .as_deref()
+                        .is_none_or(|ns| ns == namespace_of(&gw.metadata))
+            })
+        })
+        .collect();
+    match (candidates.as_slice(), selector) {
+        ([gw], _) => Ok(gw),
+        ([], None) => Err(Error::Config("no ApiGateway found in the manifests".into())),
+        ([], Some(s)) => Err(Error::Config(format!(
+            "ApiGateway {}{} not found (found: {})",
+            s.namespace
+                .as_deref()
+                .map(|ns| format!("{ns}/"))
+                .unwrap_or_default(),
+            s.name,
+            all()
+        ))),
+        (_, None) => Err(Error::Config(format!(
+            "{} ApiGateways found ({}); choose one with --gateway NAMESPACE/NAME",
+            candidates.len(),
+            all()
+        ))),
+        (_, Some(_)) => Err(Error::Config(format!(
+            "several ApiGateways match; use NAMESPACE/NAME (found: {})",
+            all()
+        ))),
+    }
+}
+
+fn duration_or(
+    value: Option<&meshgate_crds::Duration>,
+    default: Duration,
+    what: &str,
+    errors: &mut Vec<ConfigIssue>,
+) -> Duration {
+    match value.map(|d| d.to_std()) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.push(ConfigIssue::new(
+                "gateway",
+                format!("clientTraffic.{what}: {e}; using {default:?}"),
+            ));
+            default
+        }
+    }
+}
+
+/// Compiles the selected ApiGateway of `manifests` into snapshot number `version`.
+pub fn compile(
+    manifests: &Manifests,
+    selector: Option<&GatewayRef>,
+    version: u64,
+    metrics: &Metrics,
+) -> Result<Snapshot, Error> {
+    let gw = select_gateway(manifests, selector)?;
+    let namespace = namespace_of(&gw.metadata);
+    let spec = &gw.spec;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    // Gateway-wide settings.
+    let mut client = ClientSettings::default();
+    if let Some(ct) = &spec.client_traffic {
+        client.header_timeout = duration_or(
+            ct.request_header_timeout.as_ref(),
+            client.header_timeout,
+            "requestHeaderTimeout",
+            &mut errors,
+        );
+        if let Some(n) = ct.max_header_bytes.and_then(|n| usize::try_from(n).ok()) {
+            client.max_header_bytes = n.max(1024);
+        }
+        if let Some(n) = ct
+            .max_concurrent_streams
+            .and_then(|n| u32::try_from(n).ok())
+        {
+            client.max_concurrent_streams = n.max(1);
+        }
+        client.access_log = ct.access_log.unwrap_or(true);
+        for (set, what) in [
+            (ct.idle_timeout.is_some(), "idleTimeout"),
+            (ct.max_connections.is_some(), "maxConnections"),
+            (ct.num_trusted_hops.is_some(), "numTrustedHops"),
+        ] {
+            if set {
+                warnings.push(ConfigIssue::new(
+                    "gateway",
+                    format!("clientTraffic.{what} is not implemented yet; ignored"),
+                ));
+            }
+        }
+    }
+    if spec
+        .mesh
+        .as_ref()
+        .is_some_and(|m| m.mode == MeshMode::Istio)
+    {
+        warnings.push(ConfigIssue::new(
+            "gateway",
+            "mesh mode Istio (mTLS to backends) is not implemented yet; backends are reached in plaintext",
+        ));
+    }
+    if !manifests.policies.is_empty() {
+        warnings.push(ConfigIssue::new(
+            "gateway",
+            format!(
+                "{} ApiPolicy object(s) found; policies are not applied by the proxy yet",
+                manifests.policies.len()
+            ),
+        ));
+    }
+
+    // Listeners.
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    let mut listeners = Vec::with_capacity(spec.listeners.len());
+    if spec.listeners.is_empty() {
+        return Err(Error::Config(format!(
+            "ApiGateway {}: no listeners",
+            gateway_name(gw)
+        )));
+    }
+    for l in &spec.listeners {
+        let object = format!("listener/{}", l.name);
+        let fatal = |msg: String| Error::Config(format!("{object}: {msg}"));
+        let port = u16::try_from(l.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| fatal(format!("invalid port {}", l.port)))?;
+        if !names.insert(l.name.as_str()) {
+            return Err(fatal("duplicate listener name".into()));
+        }
+        if !ports.insert(port) {
+            return Err(fatal(format!("port {port} is used by another listener")));
+        }
+        let tls = match (l.protocol, &l.tls) {
+            (ListenerProtocol::HTTP, Some(_)) => {
+                return Err(fatal("tls is only allowed on HTTPS listeners".into()))
+            }
+            (ListenerProtocol::HTTP, None) => None,
+            (ListenerProtocol::HTTPS, None) => {
+                return Err(fatal("an HTTPS listener needs tls.certificateRefs".into()))
+            }
+            (ListenerProtocol::HTTPS, Some(t)) => {
+                let mut certs = CertStore::default();
+                for r in &t.certificate_refs {
+                    let ns = r.namespace.as_deref().unwrap_or(namespace);
+                    let secret_name = format!("{ns}/{}", r.name);
+                    let kind_ok = r.group.as_deref().unwrap_or("").is_empty()
+                        && r.kind.as_deref().unwrap_or("Secret") == "Secret";
+                    let loaded = if !kind_ok {
+                        Err("only core Secrets are supported as certificateRefs".to_string())
+                    } else {
+                        manifests
+                            .secrets
+                            .iter()
+                            .find(|s| {
+                                s.metadata.name.as_deref() == Some(r.name.as_str())
+                                    && namespace_of(&s.metadata) == ns
+                            })
+                            .ok_or_else(|| "not found".to_string())
+                            .and_then(tls::load_secret)
+                    };
+                    match loaded {
+                        Ok((key, names)) => certs.add(secret_name, key, names),
+                        Err(e) => errors.push(ConfigIssue::new(
+                            object.clone(),
+                            format!("certificate Secret {secret_name}: {e}"),
+                        )),
+                    }
+                }
+                if certs.is_empty() {
+                    errors.push(ConfigIssue::new(
+                        object.clone(),
+                        "no usable certificate: TLS handshakes will fail",
+                    ));
+                }
+                Some(ListenerTls {
+                    certs,
+                    tls13_only: t.min_version == Some(TlsVersion::V1_3),
+                })
+            }
+        };
+        let https_redirect = match &l.https_redirect {
+            None => None,
+            Some(_) if l.protocol == ListenerProtocol::HTTPS => {
+                return Err(fatal(
+                    "httpsRedirect is only allowed on HTTP listeners".into(),
+                ))
+            }
+            Some(r) => {
+                let port = u16::try_from(r.port.unwrap_or(443))
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| fatal("invalid httpsRedirect.port".into()))?;
+                let status = r.status_code.unwrap_or(301);
+                if ![301, 302, 307, 308].contains(&status) {
+                    return Err(fatal(format!(
+                        "httpsRedirect.statusCode {status} is not one of 301, 302, 307, 308"
+                    )));
+                }
+                let status =
+                    StatusCode::from_u16(status as u16).map_err(|e| fatal(e.to_string()))?;
+                Some(HttpsRedirect { port, status })
+            }
+        };
+        listeners.push(Listener {
+            name: l.name.clone(),
+            port,
+            protocol: l.protocol,
+            hostname: l.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+            tls,
+            https_redirect,
+            routes: RouteTable::default(),
+        });
+    }
+
+    // Routes.
+    let services = ServiceIndex::new(manifests);
+    let listener_names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+    let cx = routes::Context {
+        namespace,
+        listener_names: &listener_names,
+        services: &services,
+        metrics,
+    };
+    let mut seen = HashSet::new();
+    let mut compiled: Vec<Arc<Route>> = Vec::with_capacity(spec.routes.len());
+    for r in &spec.routes {
+        let object = format!("route/{}", r.name);
+        if !seen.insert(r.name.as_str()) {
+            errors.push(ConfigIssue::new(object, "duplicate route name; left out"));
+            continue;
+        }
+        match routes::compile(r, &cx) {
+            Ok((route, route_warnings)) => {
+                warnings.extend(
+                    route_warnings
+                        .into_iter()
+                        .map(|w| ConfigIssue::new(object.clone(), w)),
+                );
+                compiled.push(Arc::new(route));
+            }
+            Err(e) => errors.push(ConfigIssue::new(object, e)),
+        }
+    }
+    let mut attached = HashSet::new();
+    for l in &mut listeners {
+        l.routes = RouteTable::build(&l.name, l.hostname.as_deref(), &compiled);
+        attached.extend(l.routes.attached.iter().cloned());
+    }
+    compiled.retain(|r| {
+        let keep = attached.contains(&r.name);
+        if !keep {
+            errors.push(ConfigIssue::new(
+                format!("route/{}", r.name),
+                "no listener accepts any of its hostnames; left out",
+            ));
+        }
+        keep
+    });
+
+    Ok(Snapshot {
+        version,
+        gateway: gateway_name(gw),
+        listeners,
+        routes: compiled,
+        errors,
+        warnings,
+        client,
+    })
+}
+
+#[cfg(test)]
+mod tests;

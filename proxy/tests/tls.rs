@@ -1,0 +1,147 @@
+//! HTTPS: certificate choice by SNI, ALPN (h2 and http/1.1), over real sockets
+//! with a verifying rustls client.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{StatusCode, Version};
+use http_body_util::Full;
+use meshgate_proxy::client::{self, Reply, Tls};
+use meshgate_proxy::demo::spawn_echo;
+use rustls::pki_types::CertificateDer;
+
+struct Cert {
+    der: CertificateDer<'static>,
+    secret_yaml: String,
+}
+
+fn cert(secret: &str, names: &[&str]) -> Cert {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let secret_yaml = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: test}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {:?}\n  tls.key: {:?}\n",
+        generated.cert.pem(),
+        generated.signing_key.serialize_pem()
+    );
+    Cert {
+        der: generated.cert.der().clone(),
+        secret_yaml,
+    }
+}
+
+/// The DNS names in the subjectAltName of `der`.
+fn san(der: &CertificateDer<'_>) -> Vec<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let san = parsed
+        .subject_alternative_name()
+        .unwrap()
+        .expect("certificate has a SAN");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+struct Setup {
+    proxy: meshgate_proxy::runtime::Running,
+    a: Cert,
+    b: Cert,
+}
+
+async fn setup() -> Setup {
+    meshgate_proxy::install_crypto_provider();
+    let echo = spawn_echo("echo").await.unwrap();
+    let a = cert("cert-a", &["a.example.test"]);
+    let b = cert("cert-b", &["*.b.example.test"]);
+    let listeners = "  - name: https\n    port: 443\n    protocol: HTTPS\n    tls: {certificateRefs: [{name: cert-a}, {name: cert-b}]}";
+    let yaml = gateway_yaml(listeners, &tagged_route("all", "[]", "echo", ""))
+        + &service_yaml("echo", echo, true)
+        + &a.secret_yaml
+        + &b.secret_yaml;
+    let proxy = start_yaml(&yaml, &["https"]).await;
+    Setup { proxy, a, b }
+}
+
+async fn https_get(
+    setup: &Setup,
+    server_name: &str,
+    alpn: &[&[u8]],
+) -> Result<Reply, meshgate_proxy::Error> {
+    let tls = Tls {
+        server_name: server_name.to_string(),
+        roots: vec![setup.a.der.clone(), setup.b.der.clone()],
+        alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+    };
+    let request = request("GET", server_name, "/tls")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client::send(
+        setup.proxy.listener_addr("https").unwrap(),
+        request,
+        Some(&tls),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sni_chooses_between_certificates() {
+    let setup = setup().await;
+    let reply = https_get(&setup, "a.example.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let presented = reply.peer_certificate.as_ref().unwrap();
+    assert_eq!(san(presented), vec!["a.example.test"]);
+    assert_eq!(presented, &setup.a.der);
+
+    let reply = https_get(&setup, "shop.b.example.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let presented = reply.peer_certificate.as_ref().unwrap();
+    assert_eq!(san(presented), vec!["*.b.example.test"]);
+    assert_eq!(
+        reply.json().unwrap()["headers"]["x-forwarded-proto"],
+        "https"
+    );
+
+    // An unknown name gets the first (default) certificate, which the client
+    // then rejects as not valid for that name (rather than as untrusted).
+    let err = https_get(&setup, "unknown.test", &[b"http/1.1"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not valid for name") && err.contains("a.example.test"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn alpn_negotiates_h2_and_http11() {
+    let setup = setup().await;
+    let reply = https_get(&setup, "a.example.test", &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(reply.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(reply.version, Version::HTTP_2);
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.json().unwrap();
+    assert_eq!(seen["path"], "/tls");
+    // HTTP/2 carries the host as :authority; the upstream gets it as Host.
+    assert_eq!(seen["headers"]["host"], "a.example.test");
+    assert_eq!(reply.header("x-route"), Some("all"));
+
+    let reply = https_get(&setup, "a.example.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(reply.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(reply.version, Version::HTTP_11);
+    assert_eq!(reply.status, StatusCode::OK);
+}
