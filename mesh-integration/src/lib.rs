@@ -1,9 +1,13 @@
-//! Istio workload identity for meshgate: SPIFFE identities, and (as the mesh
-//! work lands) the Istio CA client, certificate rotation and the
-//! SPIFFE-verifying TLS client the proxy uses to reach meshed pods.
+//! Istio workload identity for meshgate: SPIFFE identities, CSRs, the Istio CA
+//! client and certificate inspection. (Rotation, the sidecar-files source and
+//! the SPIFFE-verifying upstream TLS client come with the mesh work.)
 
+pub mod ca_client;
+pub mod certs;
+pub mod csr;
 mod spiffe;
 
+pub use ca_client::{CaConfig, IstioCaClient, WorkloadCertificate};
 pub use spiffe::SpiffeId;
 
 /// Errors of this crate.
@@ -11,4 +15,16 @@ pub use spiffe::SpiffeId;
 pub enum Error {
     #[error("invalid SPIFFE ID {id:?}: {reason}")]
     InvalidSpiffeId { id: String, reason: &'static str },
+    #[error("generating key or CSR: {0}")]
+    Csr(String),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("Istio CA: {0}")]
+    Ca(String),
+}
+
+impl Error {
+    fn from_rcgen(e: rcgen::Error) -> Self {
+        Error::Csr(e.to_string())
+    }
 }
