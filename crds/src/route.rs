@@ -38,7 +38,7 @@ pub struct Route {
     /// Conditions a request must meet; any one match selects the route. Empty
     /// means a `PathPrefix /` match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
     pub matches: Vec<RouteMatch>,
     /// Filters applied in order to matching requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,7 +91,7 @@ pub enum PathMatchType {
 /// A path condition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("self.type == 'RegularExpression' || self.value.startsWith('/')").message("path value must start with '/'"))]
-#[x_kube(validation = Rule::new("self.type == 'RegularExpression' || !self.value.matches('(^|/)\\\\.\\\\.?(/|$)')").message("path value must not contain '.' or '..' segments"))]
+#[x_kube(validation = Rule::new("self.type == 'RegularExpression' || !(self.value.contains('/./') || self.value.contains('/../') || self.value.endsWith('/.') || self.value.endsWith('/..'))").message("path value must not contain '.' or '..' segments"))]
 pub struct PathMatch {
     /// Exact, PathPrefix (default) or RegularExpression.
     #[serde(rename = "type", default)]
