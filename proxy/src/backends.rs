@@ -28,6 +28,10 @@ pub struct Backend {
     pub name: String,
     pub weight: u32,
     pub endpoints: Vec<Endpoint>,
+    /// The Service port speaks HTTP/2 without TLS (h2c): `appProtocol:
+    /// kubernetes.io/h2c` (or `grpc`, `http2`), or a port name starting with
+    /// `grpc` or `http2`.
+    pub h2: bool,
     next: AtomicUsize,
 }
 
@@ -44,8 +48,15 @@ impl Backend {
             name,
             weight,
             endpoints,
+            h2: false,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Marks the backend as HTTP/2 (h2c).
+    pub fn with_h2(mut self, h2: bool) -> Backend {
+        self.h2 = h2;
+        self
     }
 
     /// Round robin over the ready endpoints.
@@ -100,6 +111,20 @@ impl Backends {
         self.cumulative.last().copied().unwrap_or(0)
     }
 
+    /// An endpoint for a retry: a fresh draw, preferring one other than `avoid`.
+    pub fn pick_other(&self, avoid: SocketAddr) -> Option<&Endpoint> {
+        let mut last = None;
+        for _ in 0..4 {
+            if let Pick::Endpoint(_, endpoint) = self.pick() {
+                if endpoint.addr != avoid {
+                    return Some(endpoint);
+                }
+                last = Some(endpoint);
+            }
+        }
+        last
+    }
+
     /// Draws a backend by weight, then an endpoint of it round robin.
     pub fn pick(&self) -> Pick<'_> {
         let total = self.total_weight();
@@ -152,6 +177,24 @@ impl<'a> ServiceIndex<'a> {
             }
         }
         ServiceIndex { services, slices }
+    }
+
+    /// Whether Service `namespace/name` port `port` speaks h2c (see [`Backend::h2`]).
+    pub fn is_h2(&self, namespace: &str, name: &str, port: i32) -> bool {
+        let Some(service_port) = self
+            .services
+            .get(&(namespace, name))
+            .and_then(|svc| svc.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+        else {
+            return false;
+        };
+        let app = service_port.app_protocol.as_deref().unwrap_or("");
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        matches!(app, "kubernetes.io/h2c" | "grpc" | "http2" | "h2c")
+            || port_name.starts_with("grpc")
+            || port_name.starts_with("http2")
     }
 
     /// The ready endpoint addresses of Service `namespace/name` port `port`.
@@ -265,6 +308,18 @@ endpoints: [{addresses: [10.9.9.9]}]
         );
         let admin = index.resolve("shop", "web", 9000).unwrap();
         assert_eq!(admin[0], "10.0.0.1:9901".parse().unwrap());
+        assert!(!index.is_h2("shop", "web", 80));
+    }
+
+    #[test]
+    fn h2c_by_app_protocol_or_port_name() {
+        let m = manifests(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: g, namespace: s}\nspec:\n  ports: [{name: grpc-api, port: 1}, {name: web, port: 2, appProtocol: kubernetes.io/h2c}, {name: web2, port: 3}]\n",
+        );
+        let index = ServiceIndex::new(&m);
+        assert!(index.is_h2("s", "g", 1));
+        assert!(index.is_h2("s", "g", 2));
+        assert!(!index.is_h2("s", "g", 3));
     }
 
     #[test]

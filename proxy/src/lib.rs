@@ -8,11 +8,15 @@
 pub mod admin;
 pub mod backends;
 pub mod client;
+pub mod cluster;
 pub mod demo;
 pub mod filters;
+pub mod grpc;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod reload;
+pub mod retry;
 pub mod routes;
 pub mod routing;
 pub mod runtime;
@@ -20,6 +24,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod upgrade;
 
 /// Errors of the proxy. Per-route and per-listener problems are not errors of this
 /// kind: they are recorded in [`snapshot::Snapshot::errors`] and the rest still runs.
@@ -31,6 +36,9 @@ pub enum Error {
     /// The manifests were read but no usable snapshot could be compiled from them.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The Kubernetes API could not be used (cluster mode).
+    #[error("kubernetes: {0}")]
+    Kube(String),
     /// A listening socket could not be opened.
     #[error("binding {addr} ({what}): {source}")]
     Bind {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use meshgate_proxy::cluster::ClusterSource;
 use meshgate_proxy::demo::{self, DemoOptions};
 use meshgate_proxy::runtime::{Options, Running, Source};
 use meshgate_proxy::snapshot::GatewayRef;
@@ -23,13 +24,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Directory of Kubernetes YAML (ApiGateway, Secrets, Services, EndpointSlices),
-    /// polled every 500 ms and re-applied on change.
-    #[arg(long, value_name = "DIR", required = true)]
+    /// Standalone mode: a directory of Kubernetes YAML (ApiGateway, Secrets, Services,
+    /// EndpointSlices), polled every 500 ms and re-applied on change.
+    #[arg(long, value_name = "DIR", required_unless_present = "gateway")]
     manifests: Option<PathBuf>,
-    /// The ApiGateway to serve when the manifests hold several.
+    /// The ApiGateway to serve. Without --manifests this is cluster mode: the
+    /// ApiGateway and the objects it needs are watched through the Kubernetes API
+    /// (KUBECONFIG or the in-cluster service account).
     #[arg(long, value_name = "NS/NAME")]
     gateway: Option<GatewayRef>,
+    /// Bind listener NAME to ADDR instead of `--bind-ip` and its manifest port
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_listen)]
+    listen: Vec<(String, SocketAddr)>,
     /// Admin listener (/healthz, /ready, /config, /metrics).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -59,6 +66,14 @@ struct DemoArgs {
     /// Send the advertised requests, print the results and exit 0 if all passed.
     #[arg(long)]
     check: bool,
+}
+
+fn parse_listen(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((name.to_string(), addr))
 }
 
 fn init_logging(default: &str) {
@@ -124,16 +139,25 @@ async fn run(cli: Cli) -> Result<ExitCode, meshgate_proxy::Error> {
             stop(demo.running).await;
         }
         None => {
-            let Some(dir) = cli.manifests else {
-                return Err(meshgate_proxy::Error::Config(
-                    "--manifests DIR is required".into(),
-                ));
+            let source = match (cli.manifests, &cli.gateway) {
+                (Some(dir), _) => Source::Dir(dir),
+                (None, Some(gateway)) => Source::Cluster(ClusterSource::connect(gateway).await?),
+                (None, None) => {
+                    return Err(meshgate_proxy::Error::Config(
+                        "--manifests DIR or --gateway NAMESPACE/NAME is required".into(),
+                    ))
+                }
             };
-            let mut options = Options::new(Source::Dir(dir));
+            let mut options = Options::new(source);
             options.gateway = cli.gateway;
             options.admin = Some(cli.admin);
             options.bind_ip = cli.bind_ip;
-            let running = Running::start(options).await?;
+            options.listen = cli.listen.into_iter().collect();
+            // Cluster mode waits for its first configuration; a signal ends the wait.
+            let running = tokio::select! {
+                running = Running::start(options) => running?,
+                _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            };
             shutdown_signal().await;
             stop(running).await;
         }

@@ -2,28 +2,33 @@
 //!
 //! Everything that needs the configuration happens synchronously in [`plan`] with
 //! one `ArcSwap` load; only the chosen route (an `Arc`) is kept across the upstream
-//! call. Bodies are streamed both ways, never buffered.
+//! call. Bodies are streamed both ways; only a route that retries or mirrors keeps
+//! request bodies of known length up to 64 KiB (see [`crate::retry`]).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
 
-use crate::backends::Pick;
+use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
 use crate::metrics::Flag;
+use crate::retry::{self, Failure, RetryPolicy};
 use crate::routes::Route;
 use crate::routing::{normalize_host, normalize_path, RequestView};
 use crate::snapshot::Snapshot;
 use crate::state::State;
+use crate::state::{UpstreamBody, UpstreamClient};
+use crate::{grpc, upgrade};
 
 /// Response bodies: streamed from the upstream, or made here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -56,8 +61,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including those named in `Connection`. `Upgrade` is
-/// removed too: protocol upgrades (WebSocket) are not proxied yet.
+/// Removes hop-by-hop headers, including those named in `Connection`, and
+/// `Upgrade` (an upgrade request puts it back, see [`crate::upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -77,6 +82,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The text of a response made by the proxy, kept for gRPC's `grpc-message`.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalMessage(pub &'static str);
+
 /// A response made by the proxy itself.
 pub fn local_response(
     status: StatusCode,
@@ -95,6 +104,7 @@ pub fn local_response(
     if let Some(flag) = flag {
         headers.insert(FLAGS_HEADER, HeaderValue::from_static(flag.code()));
     }
+    response.extensions_mut().insert(LocalMessage(body));
     response
 }
 
@@ -119,7 +129,16 @@ enum Plan {
         request: Request<Incoming>,
         route: Arc<Route>,
         upstream: SocketAddr,
+        /// Send over HTTP/2 (h2c).
+        h2: bool,
     },
+}
+
+/// What a request is, as far as the forwarding protocol goes.
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    grpc: bool,
+    upgrade: bool,
 }
 
 impl Plan {
@@ -146,14 +165,24 @@ pub async fn serve(
 }
 
 /// Proxies one request.
-pub async fn handle(request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
     let start = Instant::now();
     let state = &*conn.state;
     let (method, uri) = (request.method().clone(), request.uri().clone());
+    let grpc = grpc::is_grpc(request.headers());
+    let upgrade = upgrade::requested(request.version(), request.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let kind = Kind {
+        grpc,
+        upgrade: upgrade.is_some(),
+    };
     // The one snapshot load of this request; the guard is gone before any await.
     let (plan, access_log) = {
         let snapshot = state.snapshot.load();
-        (plan(request, conn, &snapshot), snapshot.client.access_log)
+        (
+            plan(request, conn, &snapshot, kind, upgrade),
+            snapshot.client.access_log,
+        )
     };
 
     let (response, route, flag, upstream) = match plan {
@@ -166,10 +195,22 @@ pub async fn handle(request: Request<Incoming>, conn: &ConnInfo) -> Response<Pro
             request,
             route,
             upstream,
+            h2,
         } => {
-            let (response, flag) = forward(state, request, &route, upstream).await;
+            let (response, flag, upstream) = match client_upgrade {
+                Some(client) => {
+                    let (response, flag) = forward_upgrade(request, client, &route, upstream).await;
+                    (response, flag, upstream)
+                }
+                None => forward(&conn.state, request, &route, upstream, h2).await,
+            };
             (response, Some(route), flag, Some(upstream))
         }
+    };
+    let response = if grpc && flag.is_some() {
+        grpc::error_response(response)
+    } else {
+        response
     };
 
     let status = response.status();
@@ -198,7 +239,13 @@ pub async fn handle(request: Request<Incoming>, conn: &ConnInfo) -> Response<Pro
 }
 
 /// Routes the request and applies the request filters.
-fn plan(request: Request<Incoming>, conn: &ConnInfo, snapshot: &Snapshot) -> Plan {
+fn plan(
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    kind: Kind,
+    upgrade: Option<HeaderValue>,
+) -> Plan {
     let Some(listener) = snapshot.listener(&conn.listener) else {
         return Plan::local(StatusCode::NOT_FOUND, Flag::NoRoute, "no route\n", None);
     };
@@ -276,8 +323,8 @@ fn plan(request: Request<Incoming>, conn: &ConnInfo, snapshot: &Snapshot) -> Pla
         };
     }
 
-    let endpoint = match route.backends.pick() {
-        Pick::Endpoint(_, endpoint) => endpoint,
+    let (backend, endpoint) = match route.backends.pick() {
+        Pick::Endpoint(backend, endpoint) => (backend, endpoint),
         Pick::NoEndpoint(_) | Pick::NoBackend => {
             return Plan::local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -319,11 +366,24 @@ fn plan(request: Request<Incoming>, conn: &ConnInfo, snapshot: &Snapshot) -> Pla
         );
     };
     let upstream = endpoint.addr;
+    // HTTP/2 upstream: h2c Services, and gRPC from HTTP/2 clients.
+    let h2 = !kind.upgrade && (backend.h2 || (kind.grpc && parts.version == Version::HTTP_2));
     parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if kind.grpc {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     set_forwarded_headers(headers, conn, &raw_host);
     let upstream_host = route
         .rewrite
@@ -338,6 +398,7 @@ fn plan(request: Request<Incoming>, conn: &ConnInfo, snapshot: &Snapshot) -> Pla
         request: Request::from_parts(parts, body),
         route,
         upstream,
+        h2,
     }
 }
 
@@ -369,32 +430,113 @@ fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &Header
     }
 }
 
-/// Sends the request to the upstream within the route's timeout.
-async fn forward(
-    state: &State,
+/// Forwards an upgrade request; see [`crate::upgrade`].
+async fn forward_upgrade(
     request: Request<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
     route: &Route,
     upstream: SocketAddr,
 ) -> (Response<ProxyBody>, Option<Flag>) {
-    let call = state.upstream.request(request);
-    let result = match route.timeout {
+    match upgrade::forward(request.map(Either::Left), client, upstream).await {
+        Ok(mut response) => {
+            if let Some(modifier) = &route.response_headers {
+                modifier.apply(response.headers_mut());
+            }
+            (response, None)
+        }
+        Err(failure) => {
+            let (flag, body, error) = match failure {
+                upgrade::Failure::Connect(e) => {
+                    (Flag::UpstreamConnect, "upstream connect failure\n", e)
+                }
+                upgrade::Failure::Connection(e) => {
+                    (Flag::UpstreamConnection, "upstream connection failure\n", e)
+                }
+            };
+            tracing::warn!(route = %route.name, %upstream, %error, flag = flag.code(), "upgrade request failed");
+            (
+                local_response(StatusCode::BAD_GATEWAY, Some(flag), body),
+                Some(flag),
+            )
+        }
+    }
+}
+
+/// A request body as forwarded: kept in full (replayable), or streamed.
+enum RequestBody {
+    Kept(Bytes),
+    Streamed(Incoming),
+}
+
+/// Keeps the body when it is known to be at most [`retry::MAX_BUFFERED_BODY`] bytes.
+async fn keep_body(body: Incoming) -> Result<RequestBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Kept(Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(len) if len <= retry::MAX_BUFFERED_BODY => {
+            Ok(RequestBody::Kept(body.collect().await?.to_bytes()))
+        }
+        _ => Ok(RequestBody::Streamed(body)),
+    }
+}
+
+/// How one upstream attempt ended.
+enum Attempt {
+    Response(Response<Incoming>),
+    Timeout,
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl Attempt {
+    fn failure(&self) -> Failure {
+        match self {
+            Attempt::Response(r) => Failure::Status(r.status()),
+            Attempt::Timeout => Failure::Timeout,
+            Attempt::Failed(e) if e.is_connect() => Failure::Connect,
+            Attempt::Failed(_) => Failure::Reset,
+        }
+    }
+}
+
+async fn attempt(
+    client: &UpstreamClient,
+    request: Request<UpstreamBody>,
+    timeout: Option<Duration>,
+) -> Attempt {
+    let call = client.request(request);
+    let result = match timeout {
         Some(timeout) => match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
-            Err(_) => {
-                return (
-                    local_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        Some(Flag::UpstreamTimeout),
-                        "upstream timeout\n",
-                    ),
-                    Some(Flag::UpstreamTimeout),
-                )
-            }
+            Err(_) => return Attempt::Timeout,
         },
         None => call.await,
     };
     match result {
-        Ok(response) => {
+        Ok(response) => Attempt::Response(response),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+fn timeout_response() -> (Response<ProxyBody>, Option<Flag>) {
+    (
+        local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            Some(Flag::UpstreamTimeout),
+            "upstream timeout\n",
+        ),
+        Some(Flag::UpstreamTimeout),
+    )
+}
+
+/// The response for the client from the last attempt.
+fn finish(
+    outcome: Attempt,
+    route: &Route,
+    upstream: SocketAddr,
+) -> (Response<ProxyBody>, Option<Flag>) {
+    match outcome {
+        Attempt::Response(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             if let Some(modifier) = &route.response_headers {
@@ -402,7 +544,8 @@ async fn forward(
             }
             (Response::from_parts(parts, Either::Left(body)), None)
         }
-        Err(e) => {
+        Attempt::Timeout => timeout_response(),
+        Attempt::Failed(e) => {
             let flag = if e.is_connect() {
                 Flag::UpstreamConnect
             } else {
@@ -420,6 +563,149 @@ async fn forward(
             )
         }
     }
+}
+
+/// A request for another attempt at `endpoint`.
+fn rebuild(
+    parts: &http::request::Parts,
+    endpoint: &Endpoint,
+    body: Bytes,
+) -> Option<Request<UpstreamBody>> {
+    let uri = Uri::builder()
+        .scheme(UriScheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(parts.uri.path_and_query()?.clone())
+        .build()
+        .ok()?;
+    let mut request = Request::new(Either::Right(Full::new(body)));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    Some(request)
+}
+
+/// Sends the request upstream: mirrored if the route says so, retried if its
+/// policy allows, within the route's timeouts. Returns the endpoint of the last attempt.
+async fn forward(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+    route: &Route,
+    upstream: SocketAddr,
+    h2: bool,
+) -> (Response<ProxyBody>, Option<Flag>, SocketAddr) {
+    let client = if h2 {
+        &state.upstream_h2
+    } else {
+        &state.upstream
+    };
+    let policy = route.retry.as_ref().filter(|p| p.attempts > 0);
+    let mirror = route.mirror.as_ref().filter(|m| m.drawn());
+    if policy.is_none() && mirror.is_none() {
+        let outcome = attempt(client, request.map(Either::Left), route.timeout).await;
+        let (response, flag) = finish(outcome, route, upstream);
+        return (response, flag, upstream);
+    }
+    let (parts, body) = request.into_parts();
+    let body = match keep_body(body).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::debug!(route = %route.name, error = %e, "reading the request body failed");
+            let flag = Flag::BadRequest;
+            return (
+                local_response(StatusCode::BAD_REQUEST, Some(flag), "request body failed\n"),
+                Some(flag),
+                upstream,
+            );
+        }
+    };
+    if let Some(mirror) = mirror {
+        match &body {
+            RequestBody::Kept(bytes) => mirror.send(state, &parts, bytes.clone()),
+            RequestBody::Streamed(_) => {
+                tracing::debug!(route = %route.name, "body too large or of unknown length; not mirrored")
+            }
+        }
+    }
+    let (policy, bytes) = match (policy, body) {
+        (Some(policy), RequestBody::Kept(bytes)) => (policy, bytes),
+        (_, body) => {
+            let body = match body {
+                RequestBody::Kept(bytes) => Either::Right(Full::new(bytes)),
+                RequestBody::Streamed(incoming) => Either::Left(incoming),
+            };
+            let outcome = attempt(client, Request::from_parts(parts, body), route.timeout).await;
+            let (response, flag) = finish(outcome, route, upstream);
+            return (response, flag, upstream);
+        }
+    };
+
+    let _active = policy.start();
+    let mut endpoint_addr = upstream;
+    let attempts = async {
+        let mut permit = None;
+        let mut request = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
+        let mut retries = 0;
+        loop {
+            let (parts_now, body_now) = request.into_parts();
+            let outcome = attempt(
+                client,
+                Request::from_parts(clone_parts(&parts_now), body_now),
+                policy.per_attempt_timeout,
+            )
+            .await;
+            let failure = outcome.failure();
+            let retry = retries < policy.attempts
+                && policy.retriable(failure)
+                && RetryPolicy::may_resend(failure, true, &parts_now.method);
+            if !retry {
+                return (outcome, retries);
+            }
+            permit = permit.or_else(|| policy.permit());
+            if permit.is_none() {
+                tracing::debug!(route = %route.name, "retry budget exhausted");
+                return (outcome, retries);
+            }
+            retries += 1;
+            drop(outcome);
+            tokio::time::sleep(policy.backoff(retries)).await;
+            let Some(endpoint) = route.backends.pick_other(endpoint_addr) else {
+                return (Attempt::Timeout, retries);
+            };
+            endpoint_addr = endpoint.addr;
+            let Some(next) = rebuild(&parts_now, endpoint, bytes.clone()) else {
+                return (Attempt::Timeout, retries);
+            };
+            request = next;
+        }
+    };
+    let result = match route.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, attempts).await.ok(),
+        None => Some(attempts.await),
+    };
+    match result {
+        Some((outcome, retries)) => {
+            if retries > 0 {
+                tracing::debug!(route = %route.name, retries, "request retried");
+            }
+            let (response, flag) = finish(outcome, route, endpoint_addr);
+            (response, flag, endpoint_addr)
+        }
+        None => {
+            let (response, flag) = timeout_response();
+            (response, flag, endpoint_addr)
+        }
+    }
+}
+
+/// Request parts without extensions (they are not `Clone`).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut out, ()) = Request::new(()).into_parts();
+    out.method = parts.method.clone();
+    out.uri = parts.uri.clone();
+    out.version = parts.version;
+    out.headers = parts.headers.clone();
+    out
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -12,6 +12,8 @@ use regex::{Regex, RegexBuilder};
 use crate::backends::{Backend, Backends, ServiceIndex};
 use crate::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
 use crate::metrics::{Metrics, RouteCounters};
+use crate::mirror::Mirror;
+use crate::retry::RetryPolicy;
 use crate::routing::{HeaderRule, MatchRule, PathRule, QueryRule, ValueRule};
 
 /// A compiled route.
@@ -28,8 +30,13 @@ pub struct Route {
     pub rewrite: Option<UrlRewrite>,
     pub redirect: Option<Redirect>,
     pub backends: Backends,
-    /// The shorter of `timeouts.request` and `timeouts.backendRequest` (no retries yet).
+    /// The shorter of `timeouts.request` and `timeouts.backendRequest`: the timeout
+    /// of a request that is not retried.
     pub timeout: Option<Duration>,
+    /// `timeouts.request`: the whole request, retries included.
+    pub request_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub mirror: Option<Mirror>,
     pub counters: Arc<RouteCounters>,
     /// Filter kinds in use, for `/config`.
     pub filters: Vec<&'static str>,
@@ -136,7 +143,7 @@ fn setting<T>(value: &Option<T>, kind: RouteFilterType) -> Result<&T, String> {
 /// Compiles `route`. Warnings are returned for parts that are accepted but not
 /// implemented yet; an `Err` means the route must be left out.
 pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<String>), String> {
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     for listener in &route.listeners {
         if !cx.listener_names.contains(listener) {
             return Err(format!("listener {listener:?} does not exist"));
@@ -152,8 +159,8 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
             .collect::<Result<Vec<_>, _>>()?
     };
 
-    let (mut request_headers, mut response_headers, mut rewrite, mut redirect) =
-        (None, None, None, None);
+    let (mut request_headers, mut response_headers, mut rewrite, mut redirect, mut mirror) =
+        (None, None, None, None, None);
     let mut filters = Vec::new();
     for f in &route.filters {
         let kind = f.kind;
@@ -177,10 +184,14 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
                 .replace(Redirect::compile(setting(&f.request_redirect, kind)?)?)
                 .is_some(),
             RouteFilterType::RequestMirror => {
-                warnings.push(
-                    "RequestMirror is not implemented yet; requests are not mirrored".to_string(),
-                );
-                false
+                let m = setting(&f.request_mirror, kind)?;
+                let b = &m.backend_ref;
+                let namespace = b.namespace.as_deref().unwrap_or(cx.namespace);
+                let endpoints = cx.services.resolve(namespace, &b.name, b.port)?;
+                let backend =
+                    Backend::new(format!("{namespace}/{}:{}", b.name, b.port), 1, endpoints);
+                let percent = u32::try_from(m.percent.unwrap_or(100)).unwrap_or(0);
+                mirror.replace(Mirror::new(backend, percent)).is_some()
             }
         };
         if duplicate {
@@ -224,30 +235,43 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
     for b in &route.backend_refs {
         let namespace = b.namespace.as_deref().unwrap_or(cx.namespace);
         let endpoints = cx.services.resolve(namespace, &b.name, b.port)?;
-        backends.push(Backend::new(
-            format!("{namespace}/{}:{}", b.name, b.port),
-            b.weight(),
-            endpoints,
-        ));
+        backends.push(
+            Backend::new(
+                format!("{namespace}/{}:{}", b.name, b.port),
+                b.weight(),
+                endpoints,
+            )
+            .with_h2(cx.services.is_h2(namespace, &b.name, b.port)),
+        );
     }
     let backends = Backends::new(backends);
     if redirect.is_none() && backends.total_weight() == 0 {
         return Err("every backendRef has weight 0".to_string());
     }
 
-    let mut timeout: Option<Duration> = None;
-    if let Some(t) = &route.timeouts {
-        for d in [&t.request, &t.backend_request].into_iter().flatten() {
-            let d = d.to_std().map_err(|e| e.to_string())?;
-            // A zero duration disables the timeout (Gateway API).
-            if !d.is_zero() {
-                timeout = Some(timeout.map_or(d, |t| t.min(d)));
-            }
-        }
-    }
-    if route.retry.is_some() {
-        warnings.push("retry is not implemented yet; failed requests are not retried".to_string());
-    }
+    // A zero duration disables the timeout (Gateway API).
+    let timeout_of = |d: Option<&meshgate_crds::Duration>| -> Result<Option<Duration>, String> {
+        Ok(d.map(|d| d.to_std().map_err(|e| e.to_string()))
+            .transpose()?
+            .filter(|d| !d.is_zero()))
+    };
+    let request_timeout = timeout_of(route.timeouts.as_ref().and_then(|t| t.request.as_ref()))?;
+    let backend_timeout = timeout_of(
+        route
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.backend_request.as_ref()),
+    )?;
+    let timeout = match (request_timeout, backend_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let retry = route
+        .retry
+        .as_ref()
+        .map(|r| RetryPolicy::compile(r, backend_timeout))
+        .transpose()
+        .map_err(|e| format!("retry: {e}"))?;
 
     let compiled = Route {
         name: route.name.clone(),
@@ -264,6 +288,9 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         redirect,
         backends,
         timeout,
+        request_timeout,
+        retry,
+        mirror,
         counters: cx.metrics.route(&route.name),
         filters,
     };

@@ -12,6 +12,7 @@ use meshgate_crds::manifests::Manifests;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{self, ClusterSource};
 use crate::server::{self, ListenerSpec};
 use crate::snapshot::{compile, GatewayRef};
 use crate::state::{BoundListener, State};
@@ -24,6 +25,8 @@ pub enum Source {
     Dir(PathBuf),
     /// Fixed manifests (the demo).
     Manifests(Box<Manifests>),
+    /// The ApiGateway and the objects it refers to, watched in a cluster.
+    Cluster(ClusterSource),
 }
 
 #[derive(Debug)]
@@ -68,21 +71,75 @@ impl Running {
         crate::install_crypto_provider();
         let state = State::new();
         let gateway = options.gateway.clone();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        // The admin listener comes first: /healthz answers (and /ready says no)
+        // while the first snapshot is awaited.
+        let admin_listener = options
+            .admin
+            .map(|addr| server::bind(addr, "admin"))
+            .transpose()?;
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        if let Some(listener) = admin_listener {
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let stop_all = |tasks: Vec<JoinHandle<()>>| {
+            let _ = shutdown.send(true);
+            for task in tasks {
+                task.abort();
+            }
+        };
+
         let mut fingerprint = None;
-        let snapshot = match &options.source {
+        let first = match &options.source {
             Source::Dir(dir) => {
                 let (dir, gw, st) = (dir.clone(), gateway.clone(), state.clone());
-                let (fp, snapshot) = tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(move || {
                     let fp = reload::fingerprint(&dir);
                     (fp, reload::load_snapshot(&dir, gw.as_ref(), 1, &st.metrics))
                 })
                 .await
-                .map_err(|e| Error::Config(e.to_string()))?;
-                fingerprint = Some(fp);
-                snapshot?
+                .map_err(|e| Error::Config(e.to_string()))
+                .and_then(|(fp, snapshot)| {
+                    fingerprint = Some(fp);
+                    snapshot
+                })
+                .map(Some)
             }
-            Source::Manifests(m) => compile(m, gateway.as_ref(), 1, &state.metrics)?,
+            Source::Manifests(m) => compile(m, gateway.as_ref(), 1, &state.metrics).map(Some),
+            Source::Cluster(source) => {
+                // The watcher publishes snapshots itself; wait for the first one.
+                let (applied, mut applied_rx) = watch::channel(0u64);
+                tasks.push(tokio::spawn(cluster::run(
+                    source.clone(),
+                    state.clone(),
+                    applied,
+                    shutdown_rx.clone(),
+                )));
+                tracing::info!(gateway = ?source, "waiting for the first configuration from the cluster");
+                let waited = applied_rx.wait_for(|v| *v > 0).await.map(|_| None);
+                waited.map_err(|_| Error::Kube("cluster watch ended".into()))
+            }
         };
+        let first = match first {
+            Ok(first) => first,
+            Err(e) => {
+                stop_all(tasks);
+                return Err(e);
+            }
+        };
+        if let Some(snapshot) = first {
+            reload::apply(&state, snapshot);
+        }
+        let snapshot = state.snapshot.load_full();
         let specs: Vec<(ListenerSpec, SocketAddr, bool)> = snapshot
             .listeners
             .iter()
@@ -98,22 +155,21 @@ impl Running {
                 (spec, addr, overridden.is_some())
             })
             .collect();
-        reload::apply(&state, snapshot);
 
-        // Bind everything before starting anything, so a failure leaves nothing running.
-        let admin_listener = options
-            .admin
-            .map(|addr| server::bind(addr, "admin"))
-            .transpose()?;
-        let admin_addr = admin_listener
-            .as_ref()
-            .map(|l| l.local_addr())
-            .transpose()?;
+        // Bind every listener before serving any, so a failure leaves nothing running.
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
         for (mut spec, addr, overridden) in specs {
-            let listener = server::bind(addr, &format!("listener {}", spec.name))?;
-            let local = listener.local_addr()?;
+            let listener = match server::bind(addr, &format!("listener {}", spec.name))
+                .and_then(|l| Ok((l.local_addr()?, l)))
+            {
+                Ok(bound) => bound,
+                Err(e) => {
+                    stop_all(tasks);
+                    return Err(e);
+                }
+            };
+            let (local, listener) = listener;
             if overridden {
                 spec.public_port = local.port();
             }
@@ -123,21 +179,12 @@ impl Running {
             });
             listeners.push((listener, spec));
         }
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        if let Some(listener) = admin_listener {
-            tasks.push(tokio::spawn(admin::serve(
-                listener,
-                state.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
         let _ = state.bound.set(bound.clone());
         for (listener, spec) in listeners {
             match server::spawn_listener(listener, spec, state.clone(), shutdown_rx.clone()) {
                 Ok(task) => tasks.push(task),
                 Err(e) => {
-                    let _ = shutdown.send(true);
+                    stop_all(tasks);
                     return Err(e);
                 }
             }

@@ -160,7 +160,7 @@ async fn serve_connection(
         None => {
             let connection = listening
                 .builder
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
             watcher.watch(connection).await
         }
         Some(acceptor) => {
@@ -168,7 +168,7 @@ async fn serve_connection(
                 Ok(Ok(tls)) => {
                     let connection = listening
                         .builder
-                        .serve_connection(TokioIo::new(tls), service);
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service);
                     watcher.watch(connection).await
                 }
                 Ok(Err(e)) => {

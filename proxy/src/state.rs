@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -14,11 +16,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
-/// The pooled upstream client: plain HTTP/1.1 with keep-alive.
+/// Request bodies sent upstream: streamed from the client, or buffered (replayable
+/// for retries and mirrors).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// A pooled upstream client: plain HTTP/1.1 with keep-alive, or h2c.
 ///
 /// Seam for mesh mTLS: an Istio-mode backend will get a connector that wraps this
 /// one with rustls and the workload certificate; the request path does not change.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// A listener socket as actually bound (its port can differ from the manifest's
 /// when overridden, e.g. in tests and the demo).
@@ -32,7 +38,10 @@ pub struct State {
     /// The active configuration; replaced whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
+    /// HTTP/1.1 upstreams.
     pub upstream: UpstreamClient,
+    /// HTTP/2 (h2c, prior knowledge) upstreams: gRPC and h2c Services.
+    pub upstream_h2: UpstreamClient,
     /// True once listeners serve a snapshot, false again while shutting down.
     pub ready: AtomicBool,
     pub bound: OnceLock<Vec<BoundListener>>,
@@ -47,11 +56,19 @@ impl State {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let upstream_h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
             .build(connector);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             metrics: Metrics::default(),
             upstream,
+            upstream_h2,
             ready: AtomicBool::new(false),
             bound: OnceLock::new(),
         })
