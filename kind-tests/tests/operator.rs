@@ -1,0 +1,786 @@
+//! The operator against a real control plane (kube-apiserver, controllers,
+//! scheduler, kwok nodes). Each test runs its own operator in-process, scoped
+//! to the test's namespace, with a client that impersonates a ServiceAccount
+//! bound to the Helm chart's ClusterRole and leader-election Role (rendered
+//! with `helm template`), so the chart's RBAC is proven to be sufficient.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
+use kube::{Api, Client, ResourceExt};
+use meshgate_crds::{ApiGateway, ApiPolicy};
+use meshgate_kind_tests::{client, install_crds, repo, wait_for, yaml_documents, TestNamespace};
+use meshgate_operator::{BuildOptions, LeaseConfig, Options};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const RELEASE: &str = "mgconf";
+const OPERATOR_SA: &str = "mgconf-operator";
+const LEASE: &str = "meshgate-operator";
+const PROXY_IMAGE: &str = "example.invalid/meshgate-proxy:conformance";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: admin client, namespace, and the operator's client.
+struct World {
+    admin: Client,
+    ns: TestNamespace,
+    operator_client: Client,
+}
+
+/// The chart's RBAC objects for a release in `ns` that watches only `ns`.
+fn render_chart_rbac(ns: &str) -> Vec<serde_json::Value> {
+    let helm = std::env::var("HELM").expect(
+        "HELM must point at the helm built by kind-tests/scripts/build-tools.sh (source kind-tests/scripts/tools.env.sh)",
+    );
+    let out = std::process::Command::new(helm)
+        .args(["template", RELEASE])
+        .arg(repo().join("helm/meshgate"))
+        .args([
+            "--namespace",
+            ns,
+            "--set",
+            &format!("watchNamespaces={{{ns}}}"),
+        ])
+        .args([
+            "--kube-version",
+            &std::env::var("MESHGATE_K8S_VERSION").unwrap_or_else(|_| "v1.35.0".into()),
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = yaml_documents(&String::from_utf8_lossy(&out.stdout)).expect("chart renders YAML");
+    let rbac: Vec<_> = docs
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "Role"
+                        | "RoleBinding"
+                        | "ClusterRoleBinding"
+                )
+            )
+        })
+        .collect();
+    assert!(
+        rbac.iter().any(|d| d["kind"] == "ClusterRole"),
+        "the chart renders a ClusterRole"
+    );
+    assert!(
+        !rbac.iter().any(|d| d["kind"] == "ClusterRoleBinding"),
+        "with watchNamespaces the chart binds per namespace"
+    );
+    rbac
+}
+
+async fn apply_value(client: &Client, obj: &serde_json::Value) {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = format!("{}s", kind.to_lowercase());
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("meshgate-conformance").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+}
+
+impl World {
+    async fn new(prefix: &str) -> World {
+        let admin = client().await.expect("cluster");
+        install_crds(&admin).await.expect("CRDs");
+        let ns = TestNamespace::create(&admin, prefix)
+            .await
+            .expect("namespace");
+        for obj in render_chart_rbac(&ns.name) {
+            apply_value(&admin, &obj).await;
+        }
+        let mut cfg = kube::Config::infer().await.expect("kubeconfig");
+        cfg.auth_info.impersonate =
+            Some(format!("system:serviceaccount:{}:{OPERATOR_SA}", ns.name));
+        let operator_client = Client::try_from(cfg).expect("impersonating client");
+        World {
+            admin,
+            ns,
+            operator_client,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.ns.name
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.admin.clone(), self.name())
+    }
+
+    fn start_operator(&self) -> Operator {
+        let opts = Options {
+            build: BuildOptions {
+                proxy_image: PROXY_IMAGE.into(),
+                ..BuildOptions::default()
+            },
+            namespaces: vec![self.name().to_string()],
+            lease: LeaseConfig::new(self.name(), LEASE, &meshgate_operator::default_identity()),
+            metrics_addr: None,
+        };
+        let identity = opts.lease.identity.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let client = self.operator_client.clone();
+        let handle = tokio::spawn(async move {
+            meshgate_operator::run(client, opts, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Operator {
+            stop: Some(tx),
+            handle,
+            identity,
+        }
+    }
+
+    async fn finish(self) {
+        self.ns.delete().await.expect("namespace deleted");
+    }
+
+    async fn create_backend(&self, name: &str, port: i32) {
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"ports": [{"port": port}], "selector": {"app": name}}
+        }))
+        .unwrap();
+        self.api::<Service>()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("backend Service");
+    }
+
+    async fn create_gateway(&self, spec: serde_json::Value) -> ApiGateway {
+        let gw: ApiGateway = serde_json::from_value(json!({
+            "apiVersion": "meshgate.io/v1alpha1", "kind": "ApiGateway",
+            "metadata": {"name": "edge"},
+            "spec": spec,
+        }))
+        .expect("ApiGateway");
+        self.api::<ApiGateway>()
+            .create(&PostParams::default(), &gw)
+            .await
+            .expect("ApiGateway accepted by the API server")
+    }
+
+    async fn patch_gateway(&self, patch: serde_json::Value) -> ApiGateway {
+        self.api::<ApiGateway>()
+            .patch("edge", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("ApiGateway patched")
+    }
+
+    /// Waits until the gateway's condition `type_` has `status` for its current generation.
+    async fn wait_condition(&self, type_: &str, status: &str) -> ApiGateway {
+        let api = self.api::<ApiGateway>();
+        let last = std::cell::RefCell::new(None);
+        let r = wait_for(WAIT, || {
+            let api = api.clone();
+            let last = &last;
+            async move {
+                let gw = api.get("edge").await.ok()?;
+                *last.borrow_mut() = Some(gw.clone());
+                let c = condition(&gw, type_)?;
+                (c.status == status && c.observed_generation == gw.metadata.generation)
+                    .then_some(gw)
+            }
+        })
+        .await;
+        r.unwrap_or_else(|_| {
+            panic!(
+                "condition {type_}={status} not reached in {WAIT:?}; status: {}",
+                serde_json::to_string_pretty(&last.into_inner().and_then(|g: ApiGateway| g.status))
+                    .unwrap_or_default()
+            )
+        })
+    }
+
+    async fn deployment(&self) -> Option<Deployment> {
+        self.api::<Deployment>()
+            .get_opt("edge-meshgate")
+            .await
+            .expect("get")
+    }
+
+    /// resourceVersions once they have not changed for 3 s (at most 60 s).
+    async fn settled_versions(&self) -> BTreeMap<String, String> {
+        let mut last = self.resource_versions().await;
+        let mut stable_since = tokio::time::Instant::now();
+        let deadline = stable_since + Duration::from_secs(60);
+        while stable_since.elapsed() < Duration::from_secs(3) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "objects never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.resource_versions().await;
+            if now != last {
+                last = now;
+                stable_since = tokio::time::Instant::now();
+            }
+        }
+        last
+    }
+
+    /// resourceVersions of the gateway and every object it owns.
+    async fn resource_versions(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let rv = |k: &str, o: Option<String>| (k.to_string(), o.unwrap_or_default());
+        let n = "edge-meshgate";
+        let gw = self.api::<ApiGateway>().get("edge").await.expect("gateway");
+        out.extend([rv("ApiGateway", gw.resource_version())]);
+        out.extend([rv(
+            "ServiceAccount",
+            self.api::<ServiceAccount>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        out.extend([rv(
+            "Role",
+            self.api::<Role>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        out.extend([rv(
+            "RoleBinding",
+            self.api::<RoleBinding>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        out.extend([rv(
+            "Deployment",
+            self.api::<Deployment>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        out.extend([rv(
+            "Service",
+            self.api::<Service>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        out.extend([rv(
+            "PodDisruptionBudget",
+            self.api::<PodDisruptionBudget>()
+                .get(n)
+                .await
+                .ok()
+                .and_then(|o| o.resource_version()),
+        )]);
+        for p in self
+            .api::<ApiPolicy>()
+            .list(&ListParams::default())
+            .await
+            .expect("policies")
+        {
+            out.insert(
+                format!("ApiPolicy/{}", p.name_any()),
+                p.resource_version().unwrap_or_default(),
+            );
+        }
+        out
+    }
+}
+
+struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<meshgate_operator::Result<()>>,
+    identity: String,
+}
+
+impl Operator {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let r = tokio::time::timeout(Duration::from_secs(30), &mut self.handle)
+            .await
+            .expect("operator stops within 30s")
+            .expect("operator task did not panic");
+        r.expect("operator ran without error");
+    }
+}
+
+fn condition(gw: &ApiGateway, type_: &str) -> Option<Condition> {
+    gw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+fn config_hash(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("meshgate.io/config-hash"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn basic_spec() -> serde_json::Value {
+    json!({
+        "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}],
+        "routes": [{
+            "name": "web",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/web"}}],
+            "backendRefs": [{"name": "web", "port": 80}]
+        }],
+        "mesh": {"mode": "None"},
+        "infrastructure": {"service": {"type": "ClusterIP"}}
+    })
+}
+
+#[tokio::test]
+async fn operator_creates_the_gateway_objects_and_reports_ready() {
+    let w = World::new("op-create").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    // Default mesh mode (Istio + IstioCA): token projection and the mesh root ConfigMap.
+    let mut spec = basic_spec();
+    spec.as_object_mut().unwrap().remove("mesh");
+    w.create_gateway(spec).await;
+
+    let gw = w.wait_condition("Programmed", "True").await;
+    for t in ["Accepted", "ResolvedRefs"] {
+        let c = condition(&gw, t).unwrap();
+        assert_eq!(c.status, "True", "{t}: {c:?}");
+    }
+    let n = "edge-meshgate";
+    let sa = w
+        .api::<ServiceAccount>()
+        .get(n)
+        .await
+        .expect("ServiceAccount");
+    assert_eq!(
+        sa.labels()["app.kubernetes.io/managed-by"],
+        "meshgate-operator"
+    );
+    assert_eq!(sa.owner_references()[0].uid, gw.uid().unwrap());
+    w.api::<Role>().get(n).await.expect("Role");
+    w.api::<RoleBinding>().get(n).await.expect("RoleBinding");
+    let pdb = w
+        .api::<PodDisruptionBudget>()
+        .get(n)
+        .await
+        .expect("default PDB for 2 replicas");
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let svc = w.api::<Service>().get(n).await.expect("Service");
+    let svc_spec = svc.spec.unwrap();
+    assert_eq!(svc_spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(svc_spec.ports.unwrap()[0].port, 8080);
+    let d = w.deployment().await.expect("Deployment");
+    let pod = d.spec.unwrap().template;
+    let pod_spec = pod.spec.unwrap();
+    assert_eq!(pod_spec.containers[0].image.as_deref(), Some(PROXY_IMAGE));
+    assert_eq!(
+        pod_spec.containers[0].args.clone().unwrap(),
+        [
+            "--gateway",
+            &format!("{}/edge", w.name()),
+            "--admin",
+            "0.0.0.0:15000"
+        ]
+    );
+    assert!(pod_spec
+        .volumes
+        .unwrap()
+        .iter()
+        .any(|v| v.name == "istio-token"));
+    assert_eq!(
+        pod.metadata.unwrap().labels.unwrap()["istio.io/dataplane-mode"],
+        "none"
+    );
+
+    // kwok runs the pods on fake nodes and marks them Ready.
+    let gw = w.wait_condition("Ready", "True").await;
+    let st = gw.status.unwrap();
+    assert_eq!(st.addresses[0].kind, "IPAddress");
+    assert_eq!(Some(&st.addresses[0].value), svc_spec.cluster_ip.as_ref());
+    assert_eq!(st.listeners[0].attached_routes, 1);
+    assert_eq!(st.routes[0].name, "web");
+
+    // Significant transitions are reported as Events.
+    let events: Api<Event> = w.api();
+    let seen = wait_for(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+            (reasons.iter().any(|r| r == "Programmed") && reasons.iter().any(|r| r == "Ready"))
+                .then_some(reasons)
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "Programmed and Ready events were published");
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn route_changes_do_not_roll_pods_and_port_changes_do() {
+    let w = World::new("op-update").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    w.create_gateway(basic_spec()).await;
+    w.wait_condition("Programmed", "True").await;
+    let before = w.deployment().await.expect("Deployment");
+    let gen_before = before.metadata.generation;
+    let hash_before = config_hash(&before);
+    assert!(!hash_before.is_empty());
+
+    // A route change: reloaded live by the proxies, so the pod template stays.
+    let mut spec = basic_spec();
+    spec["routes"][0]["matches"][0]["path"]["value"] = json!("/shop");
+    w.patch_gateway(json!({"spec": spec})).await;
+    w.wait_condition("Programmed", "True").await;
+    let after = w.deployment().await.expect("Deployment");
+    assert_eq!(
+        after.metadata.generation, gen_before,
+        "route change rolled the pods"
+    );
+    assert_eq!(config_hash(&after), hash_before);
+
+    // A listener port change: the pods must rebind, so the template changes.
+    spec["listeners"][0]["port"] = json!(9090);
+    w.patch_gateway(json!({"spec": spec})).await;
+    w.wait_condition("Programmed", "True").await;
+    let rolled = w.deployment().await.expect("Deployment");
+    assert!(
+        rolled.metadata.generation > gen_before,
+        "port change must roll the pods"
+    );
+    assert_ne!(config_hash(&rolled), hash_before);
+    let svc = w
+        .api::<Service>()
+        .get("edge-meshgate")
+        .await
+        .expect("Service");
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9090);
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn an_invalid_regex_is_not_accepted_and_nothing_is_deployed() {
+    let w = World::new("op-invalid").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    let mut spec = basic_spec();
+    spec["routes"][0]["matches"][0]["path"] =
+        json!({"type": "RegularExpression", "value": "/docs/(["});
+    w.create_gateway(spec).await;
+
+    let gw = w.wait_condition("Accepted", "False").await;
+    let acc = condition(&gw, "Accepted").unwrap();
+    assert_eq!(acc.reason, "Invalid");
+    assert!(
+        acc.message
+            .contains("route web: matches[0].path: invalid regular expression \"/docs/([\""),
+        "{}",
+        acc.message
+    );
+    assert_eq!(condition(&gw, "Programmed").unwrap().status, "False");
+    assert!(
+        w.deployment().await.is_none(),
+        "an invalid gateway gets no Deployment"
+    );
+
+    // A missing backend is a reference problem, not a spec problem.
+    spec = basic_spec();
+    spec["routes"][0]["backendRefs"][0]["name"] = json!("missing");
+    w.patch_gateway(json!({"spec": spec})).await;
+    let gw = w.wait_condition("ResolvedRefs", "False").await;
+    assert_eq!(
+        condition(&gw, "ResolvedRefs").unwrap().reason,
+        "BackendNotFound"
+    );
+    assert_eq!(condition(&gw, "Accepted").unwrap().status, "True");
+    // Creating the backend resolves it (Services are watched).
+    w.create_backend("missing", 80).await;
+    w.wait_condition("ResolvedRefs", "True").await;
+
+    op.stop().await;
+    w.finish().await;
+}
+
+async fn create_policy(w: &World, name: &str, target: &str) {
+    let p: ApiPolicy = serde_json::from_value(json!({
+        "apiVersion": "meshgate.io/v1alpha1", "kind": "ApiPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "targetRefs": [{"group": "meshgate.io", "kind": "ApiGateway", "name": target}],
+            "cors": {"allowOrigins": ["https://app.example.com"]}
+        }
+    }))
+    .unwrap();
+    w.api::<ApiPolicy>()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("ApiPolicy");
+}
+
+async fn policy_reason(w: &World, name: &str) -> Option<(String, String)> {
+    let p = w.api::<ApiPolicy>().get(name).await.ok()?;
+    let a = p.status?.ancestors.into_iter().next()?;
+    assert_eq!(a.controller_name, "meshgate.io/operator");
+    let c = a.conditions.into_iter().find(|c| c.type_ == "Accepted")?;
+    (c.observed_generation == p.metadata.generation).then_some((c.status, c.reason))
+}
+
+#[tokio::test]
+async fn conflicting_policies_the_older_wins() {
+    let w = World::new("op-policy").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    w.create_gateway(basic_spec()).await;
+    create_policy(&w, "first", "edge").await;
+    // Same second or not, "first" is older or wins the name tie-break.
+    create_policy(&w, "second", "edge").await;
+    create_policy(&w, "orphan", "no-such-gateway").await;
+
+    for (name, want) in [
+        ("first", ("True", "Accepted")),
+        ("second", ("False", "Conflicted")),
+        ("orphan", ("False", "TargetNotFound")),
+    ] {
+        let got = wait_for(WAIT, || policy_reason(&w, name)).await;
+        let got = got.unwrap_or_else(|_| panic!("policy {name} got no status"));
+        assert_eq!((got.0.as_str(), got.1.as_str()), want, "policy {name}");
+    }
+    // The winner goes away: the other takes over.
+    w.api::<ApiPolicy>()
+        .delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let r = wait_for(WAIT, || async {
+        policy_reason(&w, "second")
+            .await
+            .filter(|(s, _)| s == "True")
+    })
+    .await;
+    assert!(r.is_ok(), "second is Accepted once first is gone");
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn optional_objects_follow_the_spec_and_deletion_collects_everything() {
+    let w = World::new("op-delete").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    let mut spec = basic_spec();
+    spec["infrastructure"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    w.create_gateway(spec.clone()).await;
+    w.wait_condition("Programmed", "True").await;
+    w.api::<HorizontalPodAutoscaler>()
+        .get("edge-meshgate")
+        .await
+        .expect("HPA with autoscaling");
+
+    // Fixed single replica: the HPA and the default PDB go away.
+    spec["infrastructure"] = json!({"replicas": 1, "service": {"type": "ClusterIP"}});
+    w.patch_gateway(json!({"spec": {"infrastructure": null}}))
+        .await;
+    w.patch_gateway(json!({"spec": spec})).await;
+    w.wait_condition("Programmed", "True").await;
+    assert!(w
+        .api::<HorizontalPodAutoscaler>()
+        .get_opt("edge-meshgate")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(w
+        .api::<PodDisruptionBudget>()
+        .get_opt("edge-meshgate")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        w.deployment().await.unwrap().spec.unwrap().replicas,
+        Some(1)
+    );
+
+    // Deleting the gateway: the garbage collector removes what it owned.
+    w.api::<ApiGateway>()
+        .delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = wait_for(WAIT, || async {
+        let n = "edge-meshgate";
+        let all_gone = w.api::<Deployment>().get_opt(n).await.ok()?.is_none()
+            && w.api::<Service>().get_opt(n).await.ok()?.is_none()
+            && w.api::<ServiceAccount>().get_opt(n).await.ok()?.is_none()
+            && w.api::<Role>().get_opt(n).await.ok()?.is_none()
+            && w.api::<RoleBinding>().get_opt(n).await.ok()?.is_none();
+        all_gone.then_some(())
+    })
+    .await;
+    assert!(gone.is_ok(), "owned objects garbage-collected");
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn existing_objects_without_our_label_are_not_taken_over() {
+    let w = World::new("op-takeover").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    // Someone else's Service with the name the operator would use.
+    w.create_backend("edge-meshgate", 1234).await;
+    w.create_gateway(basic_spec()).await;
+    let gw = w.wait_condition("Programmed", "False").await;
+    let c = condition(&gw, "Programmed").unwrap();
+    assert_eq!(c.reason, "ResourceConflict");
+    assert!(
+        c.message
+            .contains(&format!("Service {}/edge-meshgate", w.name())),
+        "{}",
+        c.message
+    );
+    let svc = w.api::<Service>().get("edge-meshgate").await.unwrap();
+    assert_eq!(
+        svc.spec.unwrap().ports.unwrap()[0].port,
+        1234,
+        "left untouched"
+    );
+    assert!(svc.metadata.owner_references.is_none());
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn an_operator_restart_changes_nothing() {
+    let w = World::new("op-restart").await;
+    let op = w.start_operator();
+    w.create_backend("web", 80).await;
+    w.create_gateway(basic_spec()).await;
+    create_policy(&w, "cors", "edge").await;
+    w.wait_condition("Ready", "True").await;
+    wait_for(WAIT, || policy_reason(&w, "cors"))
+        .await
+        .expect("policy status");
+    // Let the dust settle: other controllers still write status (the
+    // Deployment's, the PDB's) for a moment after Ready.
+    let before = w.settled_versions().await;
+    op.stop().await;
+
+    let op = w.start_operator();
+    // The new replica takes the released lease at once and reconciles everything.
+    let leases: Api<Lease> = w.api();
+    let identity = op.identity.clone();
+    wait_for(Duration::from_secs(20), || {
+        let leases = leases.clone();
+        let identity = identity.clone();
+        async move {
+            let l = leases.get(LEASE).await.ok()?;
+            (l.spec?.holder_identity? == identity).then_some(())
+        }
+    })
+    .await
+    .expect("the restarted operator leads");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = w.resource_versions().await;
+    assert_eq!(before, after, "an operator restart must not write anything");
+
+    op.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn two_replicas_one_leads_and_the_other_takes_over() {
+    let w = World::new("op-ha").await;
+    let a = w.start_operator();
+    let leases: Api<Lease> = w.api();
+    let holder = || {
+        let leases = leases.clone();
+        async move { leases.get(LEASE).await.ok()?.spec?.holder_identity }
+    };
+    let first = wait_for(Duration::from_secs(20), &holder)
+        .await
+        .expect("a leader");
+    assert_eq!(first, a.identity);
+    let b = w.start_operator();
+    w.create_backend("web", 80).await;
+    w.create_gateway(basic_spec()).await;
+    w.wait_condition("Programmed", "True").await;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some(a.identity.as_str()),
+        "the standby did not take over"
+    );
+
+    // The leader stops (releasing the lease): the standby leads and reconciles.
+    let b_identity = b.identity.clone();
+    a.stop().await;
+    wait_for(Duration::from_secs(20), || async {
+        holder().await.filter(|h| *h == b_identity)
+    })
+    .await
+    .expect("the standby takes over");
+    let mut spec = basic_spec();
+    spec["routes"][0]["matches"][0]["path"]["value"] = json!("/after-failover");
+    w.patch_gateway(json!({"spec": spec})).await;
+    w.wait_condition("Programmed", "True").await;
+
+    b.stop().await;
+    w.finish().await;
+}
