@@ -42,3 +42,10 @@ pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, Error> {
         .map_err(|e| Error::Certificate(format!("X.509: {e}")))?;
     Ok(x509.validity().not_after.timestamp())
 }
+
+/// Seconds since the Unix epoch from which the certificate is valid.
+pub fn not_before_unix(cert: &CertificateDer<'_>) -> Result<i64, Error> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| Error::Certificate(format!("X.509: {e}")))?;
+    Ok(x509.validity().not_before.timestamp())
+}

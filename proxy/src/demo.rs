@@ -1,11 +1,13 @@
 //! `meshgate-proxy demo`: the whole proxy in one process with nothing to set up —
-//! an in-process echo backend, a self-signed certificate, and an embedded
-//! ApiGateway with a few routes. `--check` sends the advertised requests itself
-//! over real sockets and exits 0 or 1.
+//! a local mesh CA, an in-process echo backend that only accepts mesh mTLS (like
+//! a pod with an Istio sidecar in STRICT mode), a self-signed edge certificate,
+//! and an embedded ApiGateway with a few routes in mesh mode Istio. `--check`
+//! sends the advertised requests itself over real sockets and exits 0 or 1.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
@@ -14,8 +16,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use meshgate_mesh::fixtures::{Handler, LocalCa, PeerInfo, SidecarInbound};
+use meshgate_mesh::identity::fixed;
+use meshgate_mesh::{IdentityWatch, SpiffeId, WorkloadIdentity};
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::client::{self, Tls};
 use crate::runtime::{Options, Running, Source};
@@ -23,6 +29,10 @@ use crate::Error;
 
 /// The hostname of the demo's certificate.
 pub const DEMO_HOST: &str = "demo.meshgate.local";
+/// The gateway's workload identity in the demo.
+pub const GATEWAY_ID: &str = "spiffe://cluster.local/ns/demo/sa/meshgate-demo";
+/// The echo backend's workload identity in the demo.
+pub const ECHO_ID: &str = "spiffe://cluster.local/ns/demo/sa/echo";
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -40,6 +50,10 @@ pub struct Demo {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub certificate: CertificateDer<'static>,
+    /// Keeps the echo backend running.
+    _echo: SidecarInbound,
+    /// Keep the identity channels open.
+    _identities: Vec<watch::Sender<Option<Arc<WorkloadIdentity>>>>,
 }
 
 /// Starts an HTTP echo server on 127.0.0.1 (any free port) that answers every
@@ -64,6 +78,37 @@ pub async fn spawn_echo(name: &str) -> Result<SocketAddr, Error> {
         }
     });
     Ok(addr)
+}
+
+/// Starts the demo's echo backend behind mesh mTLS on 127.0.0.1 (any free
+/// port): only clients with a certificate of the mesh CA are served, and the
+/// answer also names the client's SPIFFE ID and the ALPN it negotiated.
+pub async fn spawn_mesh_echo(
+    name: &str,
+    identity: IdentityWatch,
+    trust_domain: &str,
+) -> Result<SidecarInbound, Error> {
+    let name: Arc<str> = name.into();
+    let handler: Handler = Arc::new(move |request, peer: PeerInfo| {
+        let name = name.clone();
+        Box::pin(async move {
+            let Ok(mut response) = echo(request, name).await;
+            let body = response.body_mut().collect().await.map(|b| b.to_bytes());
+            let mut value: serde_json::Value = body
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            value["peer"] = json!({
+                "spiffeId": peer.id.as_ref().map(ToString::to_string),
+                "alpn": peer.alpn,
+                "sni": peer.sni,
+            });
+            *response.body_mut() = Full::new(Bytes::from(value.to_string()));
+            response
+        })
+    });
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    Ok(SidecarInbound::start_with(identity, trust_domain, addr, handler).await?)
 }
 
 async fn echo(
@@ -129,9 +174,12 @@ spec:
     port: {https_port}
     protocol: HTTPS
     tls: {{certificateRefs: [{{name: demo-tls}}]}}
-  # Backends are reached in plaintext for now. Seam: the demo will use mesh mTLS
-  # (mode Istio, with an in-process CA) to the echo backend once the proxy has it.
-  mesh: {{mode: None}}
+  # Backends are reached over Istio mTLS; the echo pods must present the
+  # identity of service account "echo" (spiffe://cluster.local/ns/demo/sa/echo).
+  mesh:
+    mode: Istio
+    trustDomain: cluster.local
+    backends: [{{name: echo, serviceAccounts: [echo]}}]
   routes:
   - name: echo
     matches: [{{path: {{type: PathPrefix, value: /echo}}}}]
@@ -191,7 +239,14 @@ endpoints:
 /// Starts the echo backend and the proxy with the demo configuration.
 pub async fn start(options: DemoOptions) -> Result<Demo, Error> {
     crate::install_crypto_provider();
-    let echo = spawn_echo("echo").await?;
+    // A local mesh CA (what istiod is in a cluster) and two workload identities.
+    let ca = LocalCa::new("cluster.local")?;
+    let gateway_id: SpiffeId = GATEWAY_ID.parse()?;
+    let echo_id: SpiffeId = ECHO_ID.parse()?;
+    let (gateway_tx, gateway_identity) = fixed(ca.identity(&gateway_id)?);
+    let (echo_tx, echo_identity) = fixed(ca.identity(&echo_id)?);
+    let echo_server = spawn_mesh_echo("echo", echo_identity, ca.trust_domain()).await?;
+    let echo = echo_server.addr;
     let generated = rcgen::generate_simple_self_signed(vec![DEMO_HOST.to_string()])
         .map_err(|e| Error::Demo(format!("generating the certificate: {e}")))?;
     // Port 0 binds any free port; the manifest then carries a placeholder.
@@ -218,6 +273,7 @@ pub async fn start(options: DemoOptions) -> Result<Demo, Error> {
     }
     let mut proxy = Options::new(Source::Manifests(Box::new(loaded.manifests)));
     proxy.admin = options.admin;
+    proxy.mesh.identity = Some(gateway_identity);
     proxy.listen = HashMap::from([
         (
             "http".to_string(),
@@ -246,6 +302,8 @@ pub async fn start(options: DemoOptions) -> Result<Demo, Error> {
         http,
         https,
         certificate: generated.cert.der().clone(),
+        _echo: echo_server,
+        _identities: vec![gateway_tx, echo_tx],
     })
 }
 
@@ -256,7 +314,9 @@ impl Demo {
         let https_port = self.https.port();
         let mut out = format!(
             "meshgate demo is running\n  \
-             echo backend    http://{echo} (in process)\n  \
+             mesh CA         local (in process), trust domain cluster.local\n  \
+             gateway         identity {GATEWAY_ID}\n  \
+             echo backend    {echo} (in process, mesh mTLS only, identity {ECHO_ID})\n  \
              HTTP listener   http://{http}\n  \
              HTTPS listener  https://{DEMO_HOST}:{https_port} on 127.0.0.1 (self-signed certificate)\n",
             echo = self.echo,
@@ -320,6 +380,16 @@ impl Demo {
                     "x-forwarded-proto",
                     body["headers"]["x-forwarded-proto"].as_str(),
                     Some("http"),
+                )?;
+                expect_eq(
+                    "gateway identity seen by the backend",
+                    body["peer"]["spiffeId"].as_str(),
+                    Some(GATEWAY_ID),
+                )?;
+                expect_eq(
+                    "ALPN",
+                    body["peer"]["alpn"].as_str(),
+                    Some("istio-http/1.1"),
                 )?;
                 expect_eq(
                     "response header",

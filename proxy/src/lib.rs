@@ -12,6 +12,8 @@ pub mod cluster;
 pub mod demo;
 pub mod filters;
 pub mod grpc;
+pub mod identity_source;
+pub mod mesh;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
@@ -25,6 +27,7 @@ pub mod snapshot;
 pub mod state;
 pub mod tls;
 pub mod upgrade;
+pub mod upstream;
 
 /// Errors of the proxy. Per-route and per-listener problems are not errors of this
 /// kind: they are recorded in [`snapshot::Snapshot::errors`] and the rest still runs.
@@ -56,6 +59,9 @@ pub enum Error {
     /// The demo could not be set up.
     #[error("demo: {0}")]
     Demo(String),
+    /// Mesh identity or mesh TLS (the workload certificate, a peer's identity, HBONE).
+    #[error("mesh: {0}")]
+    Mesh(#[from] meshgate_mesh::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use meshgate_proxy::cluster::ClusterSource;
 use meshgate_proxy::demo::{self, DemoOptions};
+use meshgate_proxy::identity_source::IdentityArgs;
 use meshgate_proxy::runtime::{Options, Running, Source};
 use meshgate_proxy::snapshot::GatewayRef;
 
@@ -43,6 +44,8 @@ struct Cli {
     /// Address the gateway listeners bind to, each on its manifest port.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     bind_ip: IpAddr,
+    #[command(flatten)]
+    mesh: IdentityArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,7 +151,9 @@ async fn run(cli: Cli) -> Result<ExitCode, meshgate_proxy::Error> {
                     ))
                 }
             };
+            let cluster_mode = matches!(source, Source::Cluster(_));
             let mut options = Options::new(source);
+            options.identity = cli.mesh.start(cluster_mode)?;
             options.gateway = cli.gateway;
             options.admin = Some(cli.admin);
             options.bind_ip = cli.bind_ip;

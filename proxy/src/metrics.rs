@@ -27,16 +27,19 @@ pub enum Flag {
     UpstreamTimeout,
     /// The request could not be proxied as it is (bad host or path).
     BadRequest,
+    /// The mesh upstream's identity was refused (or the gateway has none yet).
+    MeshIdentity,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 6] = [
+    pub const ALL: [Flag; 7] = [
         Flag::NoRoute,
         Flag::NoHealthy,
         Flag::UpstreamConnect,
         Flag::UpstreamConnection,
         Flag::UpstreamTimeout,
         Flag::BadRequest,
+        Flag::MeshIdentity,
     ];
 
     /// The short code sent in `x-meshgate-flags` (Envoy-style).
@@ -48,6 +51,7 @@ impl Flag {
             Flag::UpstreamConnection => "UC",
             Flag::UpstreamTimeout => "UT",
             Flag::BadRequest => "BR",
+            Flag::MeshIdentity => "MI",
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     pub config_version: AtomicU64,
     flags: [AtomicU64; Flag::ALL.len()],
+    /// Counters of the workload identity source, once one runs.
+    pub identity: std::sync::OnceLock<Arc<meshgate_mesh::ProviderMetrics>>,
 }
 
 impl Metrics {
@@ -146,6 +152,43 @@ impl Metrics {
             "meshgate_config_version {}",
             self.config_version.load(Relaxed)
         );
+        out.push_str("# HELP meshgate_upstream_mesh_identity_failures_total Requests answered 503 MI: the mesh upstream's certificate or SPIFFE ID was refused, or the gateway had no workload identity.\n");
+        out.push_str("# TYPE meshgate_upstream_mesh_identity_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "meshgate_upstream_mesh_identity_failures_total {}",
+            self.flags[Flag::MeshIdentity as usize].load(Relaxed)
+        );
+        if let Some(identity) = self.identity.get() {
+            out.push_str("# HELP meshgate_mesh_identity_loads_total Workload identity loads (CA requests or file reads), by result.\n");
+            out.push_str("# TYPE meshgate_mesh_identity_loads_total counter\n");
+            let _ = writeln!(
+                out,
+                "meshgate_mesh_identity_loads_total{{result=\"ok\"}} {}",
+                identity.loads_ok.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "meshgate_mesh_identity_loads_total{{result=\"failed\"}} {}",
+                identity.loads_failed.load(Relaxed)
+            );
+            out.push_str(
+                "# HELP meshgate_mesh_identity_rotations_total Workload identities published.\n",
+            );
+            out.push_str("# TYPE meshgate_mesh_identity_rotations_total counter\n");
+            let _ = writeln!(
+                out,
+                "meshgate_mesh_identity_rotations_total {}",
+                identity.rotations.load(Relaxed)
+            );
+            out.push_str("# HELP meshgate_mesh_identity_expiry_seconds Expiry of the workload certificate presented (Unix time).\n");
+            out.push_str("# TYPE meshgate_mesh_identity_expiry_seconds gauge\n");
+            let _ = writeln!(
+                out,
+                "meshgate_mesh_identity_expiry_seconds {}",
+                identity.expiry_unix.load(Relaxed)
+            );
+        }
         out
     }
 }

@@ -199,7 +199,9 @@ pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response
         } => {
             let (response, flag, upstream) = match client_upgrade {
                 Some(client) => {
-                    let (response, flag) = forward_upgrade(request, client, &route, upstream).await;
+                    let (response, flag) =
+                        forward_upgrade(request, client, &route, upstream, &conn.state.connector)
+                            .await;
                     (response, flag, upstream)
                 }
                 None => forward(&conn.state, request, &route, upstream, h2).await,
@@ -436,8 +438,9 @@ async fn forward_upgrade(
     client: hyper::upgrade::OnUpgrade,
     route: &Route,
     upstream: SocketAddr,
+    connector: &crate::upstream::UpstreamConnector,
 ) -> (Response<ProxyBody>, Option<Flag>) {
-    match upgrade::forward(request.map(Either::Left), client, upstream).await {
+    match upgrade::forward(request.map(Either::Left), client, upstream, connector).await {
         Ok(mut response) => {
             if let Some(modifier) = &route.response_headers {
                 modifier.apply(response.headers_mut());
@@ -546,6 +549,18 @@ fn finish(
         }
         Attempt::Timeout => timeout_response(),
         Attempt::Failed(e) => {
+            if let Some(mesh) = crate::upstream::mesh_identity_error(&e) {
+                tracing::warn!(route = %route.name, %upstream, error = %mesh, flag = Flag::MeshIdentity.code(), "mesh identity refused");
+                let flag = Flag::MeshIdentity;
+                return (
+                    local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(flag),
+                        "upstream mesh identity refused\n",
+                    ),
+                    Some(flag),
+                );
+            }
             let flag = if e.is_connect() {
                 Flag::UpstreamConnect
             } else {

@@ -81,6 +81,13 @@ pub fn apply(state: &State, snapshot: Snapshot) {
         .metrics
         .config_version
         .store(snapshot.version, Ordering::Relaxed);
+    state.mesh_targets.store(
+        snapshot
+            .mesh
+            .as_ref()
+            .map(|m| m.targets.clone())
+            .unwrap_or_default(),
+    );
     state.snapshot.store(Arc::new(snapshot));
 }
 

@@ -16,7 +16,9 @@ use crate::cluster::{self, ClusterSource};
 use crate::server::{self, ListenerSpec};
 use crate::snapshot::{compile, GatewayRef};
 use crate::state::{BoundListener, State};
+use crate::upstream::MeshRuntime;
 use crate::{admin, reload, Error};
+use meshgate_mesh::IdentityManager;
 
 /// Where the configuration comes from.
 #[derive(Debug)]
@@ -40,6 +42,11 @@ pub struct Options {
     /// Per listener name, an address to bind instead (port 0: any free port).
     pub listen: HashMap<String, SocketAddr>,
     pub poll_interval: Duration,
+    /// The mesh identity channel and the HBONE port.
+    pub mesh: MeshRuntime,
+    /// A running identity source; its channel is used when `mesh.identity` is
+    /// unset, and it is stopped with the proxy.
+    pub identity: Option<IdentityManager>,
 }
 
 impl Options {
@@ -51,6 +58,8 @@ impl Options {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             listen: HashMap::new(),
             poll_interval: reload::POLL_INTERVAL,
+            mesh: MeshRuntime::default(),
+            identity: None,
         }
     }
 }
@@ -62,14 +71,23 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    _identity: Option<IdentityManager>,
 }
 
 impl Running {
     /// Loads the first snapshot (failing if it cannot be), binds every listener and
     /// starts serving.
-    pub async fn start(options: Options) -> Result<Running, Error> {
+    pub async fn start(mut options: Options) -> Result<Running, Error> {
         crate::install_crypto_provider();
-        let state = State::new();
+        let identity = options.identity.take();
+        let mut mesh = options.mesh.clone();
+        if let (None, Some(manager)) = (&mesh.identity, &identity) {
+            mesh.identity = Some(manager.watch.clone());
+        }
+        let state = State::with_mesh(mesh);
+        if let Some(manager) = &identity {
+            let _ = state.metrics.identity.set(manager.metrics.clone());
+        }
         let gateway = options.gateway.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -211,6 +229,7 @@ impl Running {
             admin_addr,
             shutdown,
             tasks,
+            _identity: identity,
         })
     }
 

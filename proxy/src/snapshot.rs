@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use meshgate_crds::gateway::{ListenerProtocol, MeshMode, TlsVersion};
+use meshgate_crds::gateway::{ListenerProtocol, TlsVersion};
 use meshgate_crds::manifests::Manifests;
 use meshgate_crds::ApiGateway;
 use serde::Serialize;
@@ -125,6 +125,8 @@ pub struct Snapshot {
     /// Settings accepted but not (yet) acted on.
     pub warnings: Vec<ConfigIssue>,
     pub client: ClientSettings,
+    /// Mesh mTLS to the backends (ApiGateway `mesh.mode: Istio`); `None`: plain.
+    pub mesh: Option<crate::mesh::MeshPlan>,
 }
 
 impl Snapshot {
@@ -137,6 +139,7 @@ impl Snapshot {
             errors: Vec::new(),
             warnings: Vec::new(),
             client: ClientSettings::default(),
+            mesh: None,
         }
     }
 
@@ -198,6 +201,7 @@ impl Snapshot {
             "gateway": self.gateway,
             "listeners": listeners,
             "routes": routes,
+            "mesh": self.mesh.as_ref().map(crate::mesh::MeshPlan::summary),
             "errors": self.errors,
             "warnings": self.warnings,
         })
@@ -324,16 +328,6 @@ pub fn compile(
                 ));
             }
         }
-    }
-    if spec
-        .mesh
-        .as_ref()
-        .is_some_and(|m| m.mode == MeshMode::Istio)
-    {
-        warnings.push(ConfigIssue::new(
-            "gateway",
-            "mesh mode Istio (mTLS to backends) is not implemented yet; backends are reached in plaintext",
-        ));
     }
     if !manifests.policies.is_empty() {
         warnings.push(ConfigIssue::new(
@@ -495,6 +489,13 @@ pub fn compile(
         keep
     });
 
+    let (mesh, mesh_errors) = crate::mesh::compile(spec.mesh.as_ref(), namespace, &compiled);
+    errors.extend(
+        mesh_errors
+            .into_iter()
+            .map(|e| ConfigIssue::new("gateway", e)),
+    );
+
     Ok(Snapshot {
         version,
         gateway: gateway_name(gw),
@@ -503,6 +504,7 @@ pub fn compile(
         errors,
         warnings,
         client,
+        mesh,
     })
 }
 

@@ -9,22 +9,21 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::mesh::MeshTargets;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
+use crate::upstream::{MeshRuntime, UpstreamConnector};
 
 /// Request bodies sent upstream: streamed from the client, or buffered (replayable
 /// for retries and mirrors).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-/// A pooled upstream client: plain HTTP/1.1 with keep-alive, or h2c.
-///
-/// Seam for mesh mTLS: an Istio-mode backend will get a connector that wraps this
-/// one with rustls and the workload certificate; the request path does not change.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// A pooled upstream client: HTTP/1.1 with keep-alive, or HTTP/2; over plain TCP,
+/// or mesh mTLS for the endpoints of an Istio-mode gateway (see [`crate::upstream`]).
+pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
 
 /// A listener socket as actually bound (its port can differ from the manifest's
 /// when overridden, e.g. in tests and the demo).
@@ -45,13 +44,24 @@ pub struct State {
     /// True once listeners serve a snapshot, false again while shutting down.
     pub ready: AtomicBool,
     pub bound: OnceLock<Vec<BoundListener>>,
+    /// The mesh targets of the active snapshot, read by the upstream connectors.
+    pub mesh_targets: Arc<ArcSwap<MeshTargets>>,
+    /// The workload identity used upstream.
+    pub mesh: MeshRuntime,
+    /// The HTTP/1.1 connector, for connections of their own (upgrades).
+    pub connector: UpstreamConnector,
 }
 
 impl State {
+    /// A state without a mesh identity (mesh endpoints then get 503 MI).
     pub fn new() -> Arc<State> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
+        State::with_mesh(MeshRuntime::default())
+    }
+
+    pub fn with_mesh(mesh: MeshRuntime) -> Arc<State> {
+        let mesh_targets = Arc::new(ArcSwap::from_pointee(MeshTargets::new()));
+        let connector = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), false);
+        let connector_h2 = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), true);
         let upstream = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -63,7 +73,7 @@ impl State {
             .timer(TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .build(connector);
+            .build(connector_h2);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             metrics: Metrics::default(),
@@ -71,6 +81,9 @@ impl State {
             upstream_h2,
             ready: AtomicBool::new(false),
             bound: OnceLock::new(),
+            mesh_targets,
+            mesh,
+            connector,
         })
     }
 }

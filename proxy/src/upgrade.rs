@@ -10,10 +10,10 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::proxy::ProxyBody;
 use crate::state::UpstreamBody;
+use crate::upstream::UpstreamConnector;
 
 /// How long connecting to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,13 +47,14 @@ pub async fn forward(
     mut request: Request<UpstreamBody>,
     client: OnUpgrade,
     upstream: SocketAddr,
+    connector: &UpstreamConnector,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream))
+    // Plain TCP, or mesh mTLS / HBONE for mesh endpoints.
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect_addr(upstream))
         .await
         .map_err(|_| Failure::Connect("connect timeout".into()))?
         .map_err(|e| Failure::Connect(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
         .await
         .map_err(|e| Failure::Connection(e.to_string()))?;
     tokio::spawn(connection.with_upgrades());

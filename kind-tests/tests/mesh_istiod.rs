@@ -1,0 +1,168 @@
+//! The proxy with a real Istio identity: its workload certificate comes from
+//! the real istiod (CSR + a real TokenRequest token), and it routes a request
+//! over mTLS to a sidecar fixture whose server certificate istiod issued too,
+//! for a second service account. The fixture sees the gateway's SPIFFE ID.
+//!
+//! istiod: `MESHGATE_ISTIOD_ADDR` (default 127.0.0.1:15012).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use kube::api::PostParams;
+use kube::Api;
+use meshgate_kind_tests::{client, wait_for, TestNamespace};
+use meshgate_mesh::fixtures::SidecarInbound;
+use meshgate_mesh::{CaConfig, IdentityManager, IstioCaProvider, SpiffeId};
+use meshgate_proxy::runtime::{Options, Running, Source};
+
+fn istiod_addr() -> String {
+    std::env::var("MESHGATE_ISTIOD_ADDR").unwrap_or_else(|_| "127.0.0.1:15012".into())
+}
+
+async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}
+    }))
+    .unwrap();
+    sas.create(&PostParams::default(), &account)
+        .await
+        .expect("service account");
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let issued = sas
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest");
+    issued.status.expect("token status").token
+}
+
+async fn mesh_root(client: &kube::Client, ns: &str) -> String {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    wait_for(Duration::from_secs(60), || {
+        let cms = cms.clone();
+        async move {
+            let cm = cms.get("istio-ca-root-cert").await.ok()?;
+            cm.data?.get("root-cert.pem").cloned()
+        }
+    })
+    .await
+    .expect("istiod publishes istio-ca-root-cert into the namespace within 60s")
+}
+
+/// An identity for `sa` from istiod, kept fresh by the provider.
+async fn istiod_identity(
+    dir: &std::path::Path,
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    root_path: &std::path::Path,
+) -> IdentityManager {
+    let token_path = dir.join(format!("{sa}-token"));
+    std::fs::write(&token_path, token_for(client, ns, sa).await).unwrap();
+    let config = CaConfig {
+        address: istiod_addr(),
+        server_name: "istiod.istio-system.svc".into(),
+        root_pem: String::new(),
+        token_path,
+        cluster_id: "Kubernetes".into(),
+        ttl: Duration::from_secs(3600),
+    };
+    let id = SpiffeId::new("cluster.local", ns, sa).unwrap();
+    let manager = IdentityManager::spawn(IstioCaProvider::new(
+        config,
+        Some(root_path.to_path_buf()),
+        id.clone(),
+    ));
+    manager
+        .ready(Duration::from_secs(30))
+        .await
+        .expect("istiod issues the identity");
+    assert_eq!(manager.watch.borrow().as_ref().unwrap().id, id);
+    manager
+}
+
+#[tokio::test]
+async fn proxy_routes_over_mtls_with_istiod_issued_identities() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = client().await.expect("cluster");
+    let ns = TestNamespace::create(&client, "mesh-istiod")
+        .await
+        .expect("namespace");
+    let dir = std::env::temp_dir().join(format!("meshgate-mesh-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root_path = dir.join("root-cert.pem");
+    std::fs::write(&root_path, mesh_root(&client, &ns.name).await).unwrap();
+
+    let gateway = istiod_identity(&dir, &client, &ns.name, "edge-gateway", &root_path).await;
+    let backend = istiod_identity(&dir, &client, &ns.name, "web", &root_path).await;
+    let sidecar = SidecarInbound::start(backend.watch.clone(), "cluster.local")
+        .await
+        .expect("sidecar fixture");
+
+    let n = &ns.name;
+    let port = sidecar.addr.port();
+    let yaml = format!(
+        r#"apiVersion: meshgate.io/v1alpha1
+kind: ApiGateway
+metadata: {{name: gw, namespace: {n}}}
+spec:
+  listeners: [{{name: http, port: 8080, protocol: HTTP}}]
+  mesh:
+    mode: Istio
+    backends: [{{name: web, serviceAccounts: [web]}}]
+  routes:
+  - name: web
+    backendRefs: [{{name: web, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {n}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: {n}, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"#
+    );
+    let loaded = meshgate_crds::manifests::load_str("mesh-istiod", &yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let mut options = Options::new(Source::Manifests(Box::new(loaded.manifests)));
+    options.listen = HashMap::from([(
+        "http".to_string(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    )]);
+    options.identity = Some(gateway);
+    let running = Running::start(options).await.expect("proxy");
+    let http = running.listener_addr("http").unwrap();
+
+    let reply = meshgate_proxy::client::get(http, "gw.test", "/hello")
+        .await
+        .expect("request");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json().unwrap();
+    let want = format!("spiffe://cluster.local/ns/{n}/sa/edge-gateway");
+    assert_eq!(body["peer"]["spiffeId"], want.as_str());
+    assert_eq!(body["peer"]["alpn"], "istio-http/1.1");
+    let peers = sidecar.peers();
+    assert_eq!(peers[0].id.as_ref().map(ToString::to_string), Some(want));
+    assert!(running
+        .state
+        .metrics
+        .render()
+        .contains("meshgate_mesh_identity_loads_total{result=\"ok\"} 1"));
+
+    running.shutdown(Duration::from_secs(2)).await;
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&dir);
+    ns.delete().await.expect("namespace deleted");
+}
