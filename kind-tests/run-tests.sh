@@ -16,6 +16,7 @@ command -v cargo >/dev/null || { echo "run-tests: cargo not found; install Rust 
 log "unit and integration tests"
 cargo test --workspace --locked --exclude meshgate-kind-tests
 
+bash kind-tests/scripts/install-deps.sh
 if [[ "${MESHGATE_USE_CLUSTER:-0}" != 1 ]]; then
   log "building the control-plane binaries (cached under ~/.cache/meshgate)"
   bash kind-tests/scripts/build-tools.sh
