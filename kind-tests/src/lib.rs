@@ -146,3 +146,55 @@ pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, Error> {
     }
     Ok(out)
 }
+
+/// The Istio CA address under test: `MESHGATE_ISTIOD_ADDR` (set by
+/// `local-cluster.sh env`), default `127.0.0.1:15012`.
+pub fn istiod_addr() -> String {
+    std::env::var("MESHGATE_ISTIOD_ADDR").unwrap_or_else(|_| "127.0.0.1:15012".into())
+}
+
+/// Creates ServiceAccount `sa` in `ns` and returns a real token for it from the
+/// TokenRequest API, audience `istio-ca`, valid for an hour.
+pub async fn istio_ca_token(client: &Client, ns: &str, sa: &str) -> Result<String, Error> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let to_err = |e: serde_json::Error| Error::Other(e.to_string());
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}
+    }))
+    .map_err(to_err)?;
+    sas.create(&PostParams::default(), &account).await?;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}
+    }))
+    .map_err(to_err)?;
+    let issued = sas
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| Error::Other("TokenRequest returned no token".into()))
+}
+
+/// The mesh root istiod publishes into `ns` (ConfigMap `istio-ca-root-cert`),
+/// waiting up to 60 s for it to appear.
+pub async fn istio_mesh_root(client: &Client, ns: &str) -> Result<String, Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    wait_for(Duration::from_secs(60), || {
+        let cms = cms.clone();
+        async move {
+            let cm = cms.get("istio-ca-root-cert").await.ok()?;
+            cm.data?.get("root-cert.pem").cloned()
+        }
+    })
+    .await
+    .map_err(|_| {
+        Error::Other(format!(
+            "istio-ca-root-cert not published in {ns} within 60s"
+        ))
+    })
+}

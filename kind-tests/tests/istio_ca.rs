@@ -4,50 +4,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use kube::api::PostParams;
-use kube::Api;
-use meshgate_kind_tests::{client, wait_for, TestNamespace};
+use meshgate_kind_tests::{client, istio_ca_token, istio_mesh_root, istiod_addr, TestNamespace};
 use meshgate_mesh::{certs, CaConfig, IstioCaClient, SpiffeId};
-
-fn istiod_addr() -> String {
-    std::env::var("MESHGATE_ISTIOD_ADDR").unwrap_or_else(|_| "127.0.0.1:15012".into())
-}
-
-async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}
-    }))
-    .unwrap();
-    sas.create(&PostParams::default(), &account)
-        .await
-        .expect("service account");
-    let request: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}
-    }))
-    .unwrap();
-    let issued = sas
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest");
-    issued.status.expect("token status").token
-}
-
-async fn mesh_root(client: &kube::Client, ns: &str) -> String {
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    wait_for(Duration::from_secs(60), || {
-        let cms = cms.clone();
-        async move {
-            let cm = cms.get("istio-ca-root-cert").await.ok()?;
-            cm.data?.get("root-cert.pem").cloned()
-        }
-    })
-    .await
-    .expect("istiod publishes istio-ca-root-cert into the namespace within 60s")
-}
 
 #[tokio::test]
 async fn istiod_issues_the_workloads_spiffe_identity() {
@@ -56,8 +14,10 @@ async fn istiod_issues_the_workloads_spiffe_identity() {
     let ns = TestNamespace::create(&client, "istio-ca")
         .await
         .expect("namespace");
-    let token = token_for(&client, &ns.name, "edge-gateway").await;
-    let root_pem = mesh_root(&client, &ns.name).await;
+    let token = istio_ca_token(&client, &ns.name, "edge-gateway")
+        .await
+        .expect("service-account token");
+    let root_pem = istio_mesh_root(&client, &ns.name).await.expect("mesh root");
 
     let dir = std::env::temp_dir().join(format!("meshgate-token-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();

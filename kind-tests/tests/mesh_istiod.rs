@@ -9,52 +9,10 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use kube::api::PostParams;
-use kube::Api;
-use meshgate_kind_tests::{client, wait_for, TestNamespace};
+use meshgate_kind_tests::{client, istio_ca_token, istio_mesh_root, istiod_addr, TestNamespace};
 use meshgate_mesh::fixtures::SidecarInbound;
 use meshgate_mesh::{CaConfig, IdentityManager, IstioCaProvider, SpiffeId};
 use meshgate_proxy::runtime::{Options, Running, Source};
-
-fn istiod_addr() -> String {
-    std::env::var("MESHGATE_ISTIOD_ADDR").unwrap_or_else(|_| "127.0.0.1:15012".into())
-}
-
-async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}
-    }))
-    .unwrap();
-    sas.create(&PostParams::default(), &account)
-        .await
-        .expect("service account");
-    let request: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}
-    }))
-    .unwrap();
-    let issued = sas
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest");
-    issued.status.expect("token status").token
-}
-
-async fn mesh_root(client: &kube::Client, ns: &str) -> String {
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    wait_for(Duration::from_secs(60), || {
-        let cms = cms.clone();
-        async move {
-            let cm = cms.get("istio-ca-root-cert").await.ok()?;
-            cm.data?.get("root-cert.pem").cloned()
-        }
-    })
-    .await
-    .expect("istiod publishes istio-ca-root-cert into the namespace within 60s")
-}
 
 /// An identity for `sa` from istiod, kept fresh by the provider.
 async fn istiod_identity(
@@ -65,7 +23,13 @@ async fn istiod_identity(
     root_path: &std::path::Path,
 ) -> IdentityManager {
     let token_path = dir.join(format!("{sa}-token"));
-    std::fs::write(&token_path, token_for(client, ns, sa).await).unwrap();
+    std::fs::write(
+        &token_path,
+        istio_ca_token(client, ns, sa)
+            .await
+            .expect("service-account token"),
+    )
+    .unwrap();
     let config = CaConfig {
         address: istiod_addr(),
         server_name: "istiod.istio-system.svc".into(),
@@ -98,7 +62,11 @@ async fn proxy_routes_over_mtls_with_istiod_issued_identities() {
     let dir = std::env::temp_dir().join(format!("meshgate-mesh-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
     let root_path = dir.join("root-cert.pem");
-    std::fs::write(&root_path, mesh_root(&client, &ns.name).await).unwrap();
+    std::fs::write(
+        &root_path,
+        istio_mesh_root(&client, &ns.name).await.expect("mesh root"),
+    )
+    .unwrap();
 
     let gateway = istiod_identity(&dir, &client, &ns.name, "edge-gateway", &root_path).await;
     let backend = istiod_identity(&dir, &client, &ns.name, "web", &root_path).await;
