@@ -43,7 +43,8 @@ pub struct ApiGatewaySpec {
     #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s.name == r.name))").message("route names must be unique"))]
     pub routes: Vec<Route>,
     /// Mesh integration: the identity the gateway presents upstream and the
-    /// identities it expects of backends.
+    /// identities it expects of backends. Absent: backends are reached over
+    /// plain connections; present (even empty): Istio mTLS with the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<Mesh>,
     /// How clients are treated on every listener.

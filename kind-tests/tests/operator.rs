@@ -386,9 +386,10 @@ async fn operator_creates_the_gateway_objects_and_reports_ready() {
     let w = World::new("op-create").await;
     let op = w.start_operator();
     w.create_backend("web", 80).await;
-    // Default mesh mode (Istio + IstioCA): token projection and the mesh root ConfigMap.
+    // An empty mesh section means the defaults (Istio + IstioCA): token
+    // projection, the mesh root ConfigMap and the CA flags for the proxy.
     let mut spec = basic_spec();
-    spec.as_object_mut().unwrap().remove("mesh");
+    spec["mesh"] = json!({});
     w.create_gateway(spec).await;
 
     let gw = w.wait_condition("Programmed", "True").await;
@@ -432,7 +433,13 @@ async fn operator_creates_the_gateway_objects_and_reports_ready() {
             "--gateway",
             &format!("{}/edge", w.name()),
             "--admin",
-            "0.0.0.0:15000"
+            "0.0.0.0:15000",
+            "--istio-ca",
+            "istiod.istio-system.svc:15012",
+            "--istio-cluster-id",
+            "Kubernetes",
+            "--trust-domain",
+            "cluster.local"
         ]
     );
     assert!(pod_spec

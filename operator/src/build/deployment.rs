@@ -143,16 +143,13 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
     let container = Container {
         name: CONTAINER.into(),
         image: Some(ctx.opts.proxy_image.clone()),
-        args: Some(vec![
-            "--gateway".into(),
-            format!("{}/{}", ctx.namespace, ctx.name),
-            "--admin".into(),
-            format!("0.0.0.0:{admin}"),
-        ]),
+        args: Some(proxy_args(ctx, admin)),
         ports: Some(ports),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // With POD_NAMESPACE, the proxy's SPIFFE ID: spiffe://<td>/ns/<ns>/sa/<sa>.
+            field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ]),
         resources: Some(infra.resources.clone().unwrap_or_else(default_resources)),
         readiness_probe: Some(probe("/ready", admin, 2, 3)),
@@ -254,6 +251,46 @@ fn read_only(name: &str, path: &str) -> VolumeMount {
         read_only: Some(true),
         ..VolumeMount::default()
     }
+}
+
+/// The proxy's command line: the gateway it serves, its admin address, and where
+/// its mesh identity comes from (flags of `meshgate-proxy`, see its `--help`).
+fn proxy_args(ctx: &Ctx, admin: i32) -> Vec<String> {
+    let mut args = vec![
+        "--gateway".to_string(),
+        format!("{}/{}", ctx.namespace, ctx.name),
+        "--admin".to_string(),
+        format!("0.0.0.0:{admin}"),
+    ];
+    let mesh = ctx.gw.spec.mesh.clone().unwrap_or_default();
+    match ctx.mode {
+        IdentityMode::None => {}
+        IdentityMode::IstioCa => {
+            let ca = mesh
+                .identity
+                .as_ref()
+                .and_then(|i| i.istio_ca.clone())
+                .unwrap_or_default();
+            args.push("--istio-ca".into());
+            args.push(
+                ca.address
+                    .unwrap_or_else(|| "istiod.istio-system.svc:15012".into()),
+            );
+            args.push("--istio-cluster-id".into());
+            args.push(ca.cluster_id.unwrap_or_else(|| "Kubernetes".into()));
+            args.push("--trust-domain".into());
+            args.push(mesh.trust_domain.unwrap_or_else(|| "cluster.local".into()));
+            if let Some(ttl) = ca.certificate_ttl.and_then(|t| t.to_std().ok()) {
+                args.push("--mesh-cert-ttl".into());
+                args.push(ttl.as_secs().to_string());
+            }
+        }
+        IdentityMode::SidecarFiles => {
+            args.push("--mesh-cert-dir".into());
+            args.push(ISTIO_OUTPUT_CERTS.into());
+        }
+    }
+    args
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

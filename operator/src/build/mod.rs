@@ -72,7 +72,10 @@ pub enum IdentityMode {
 
 impl IdentityMode {
     pub fn of(gw: &ApiGateway, opts: &BuildOptions) -> Self {
-        let mesh = gw.spec.mesh.clone().unwrap_or_default();
+        // No mesh section: plain upstream connections, as the proxy does.
+        let Some(mesh) = gw.spec.mesh.clone() else {
+            return IdentityMode::None;
+        };
         match mesh.mode {
             MeshMode::None => IdentityMode::None,
             MeshMode::Istio => match mesh
@@ -410,8 +413,12 @@ spec:
     }
 
     #[test]
-    fn default_mesh_mode_is_istio_ca() {
-        let g = gw(BASE);
+    fn no_mesh_section_means_plain_and_an_empty_one_means_the_default_identity() {
+        assert_eq!(
+            IdentityMode::of(&gw(BASE), &BuildOptions::default()),
+            IdentityMode::None
+        );
+        let g = gw(&format!("{BASE}  mesh: {{}}\n"));
         assert_eq!(
             IdentityMode::of(&g, &BuildOptions::default()),
             IdentityMode::IstioCa
