@@ -1,18 +1,36 @@
-//! The proxy with a real Istio identity: its workload certificate comes from
-//! the real istiod (CSR + a real TokenRequest token), and it routes a request
-//! over mTLS to a sidecar fixture whose server certificate istiod issued too,
-//! for a second service account. The fixture sees the gateway's SPIFFE ID.
+//! The proxy as it runs in a pod, against the real control plane: it reads its
+//! configuration from the API server (cluster mode: ApiGateway, Service,
+//! EndpointSlice), its workload certificate comes from the real istiod (CSR + a
+//! real TokenRequest token for the gateway's ServiceAccount), and it routes a
+//! request over mTLS to a sidecar fixture whose server certificate istiod issued
+//! too, for a second service account. The fixture sees the gateway's SPIFFE ID.
+//!
+//! The API server refuses loopback addresses in EndpointSlices, so the slice
+//! names a stand-in (192.0.2.1, TEST-NET-1) that the proxy's address map turns
+//! into 127.0.0.1; nothing else is dialled.
 //!
 //! istiod: `MESHGATE_ISTIOD_ADDR` (default 127.0.0.1:15012).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use meshgate_kind_tests::{client, istio_ca_token, istio_mesh_root, istiod_addr, TestNamespace};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::PostParams;
+use kube::Api;
+use meshgate_crds::ApiGateway;
+use meshgate_kind_tests::{
+    client, install_crds, istio_ca_token, istio_mesh_root, istiod_addr, TestNamespace,
+};
 use meshgate_mesh::fixtures::SidecarInbound;
 use meshgate_mesh::{CaConfig, IdentityManager, IstioCaProvider, SpiffeId};
+use meshgate_proxy::cluster::ClusterSource;
 use meshgate_proxy::runtime::{Options, Running, Source};
+use meshgate_proxy::snapshot::GatewayRef;
+
+/// Stand-in endpoint address the proxy maps to 127.0.0.1.
+const STAND_IN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// An identity for `sa` from istiod, kept fresh by the provider.
 async fn istiod_identity(
@@ -99,12 +117,35 @@ kind: EndpointSlice
 metadata: {{name: web-1, namespace: {n}, labels: {{kubernetes.io/service-name: web}}}}
 addressType: IPv4
 ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
+endpoints: [{{addresses: [192.0.2.1]}}]
 "#
     );
     let loaded = meshgate_crds::manifests::load_str("mesh-istiod", &yaml);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    let mut options = Options::new(Source::Manifests(Box::new(loaded.manifests)));
+    install_crds(&client).await.expect("CRDs");
+    let pp = PostParams::default();
+    let m = loaded.manifests;
+    Api::<ApiGateway>::namespaced(client.clone(), n)
+        .create(&pp, &m.gateways[0])
+        .await
+        .expect("ApiGateway");
+    Api::<Service>::namespaced(client.clone(), n)
+        .create(&pp, &m.services[0])
+        .await
+        .expect("Service");
+    Api::<EndpointSlice>::namespaced(client.clone(), n)
+        .create(&pp, &m.endpoint_slices[0])
+        .await
+        .expect("EndpointSlice");
+
+    let gateway_ref: GatewayRef = format!("{n}/gw").parse().expect("gateway ref");
+    let mut source = ClusterSource::new(client.clone(), &gateway_ref);
+    source.address_map = Some(HashMap::from([(
+        IpAddr::V4(STAND_IN),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )]));
+    let mut options = Options::new(Source::Cluster(source));
+    options.gateway = Some(gateway_ref);
     options.listen = HashMap::from([(
         "http".to_string(),
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
