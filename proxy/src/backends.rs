@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use k8s_openapi::api::core::v1::Service;
@@ -13,12 +15,107 @@ use meshgate_crds::manifests::Manifests;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Consecutive failures (5xx, connect failures, resets, timeouts) that eject an endpoint.
+pub const CONSECUTIVE_FAILURES: u32 = 5;
+/// Ejection time per ejection of the same endpoint (10 s, 20 s, ...).
+pub const BASE_EJECTION: Duration = Duration::from_secs(10);
+/// The longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+/// At most this share of a backend's endpoints is ejected at once.
+pub const MAX_EJECTION_PERCENT: usize = 50;
+
+/// Milliseconds on a process-wide monotonic clock (never 0, which means "not ejected").
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// Ejected endpoints of one backend, for the [`MAX_EJECTION_PERCENT`] cap.
+#[derive(Debug, Default)]
+struct Pool {
+    ejected: AtomicUsize,
+    size: usize,
+}
+
+/// Passive outlier detection state of one endpoint.
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive: AtomicU32,
+    /// [`now_ms`] when the ejection ends; 0 when not ejected.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+}
+
 /// One address a request can be sent to.
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, made once so requests need not format it.
     pub authority: Authority,
+    outlier: Outlier,
+    pool: Arc<Pool>,
+}
+
+impl Endpoint {
+    /// Whether the endpoint is ejected at `now`; an expired ejection is lifted.
+    pub fn ejected_at(&self, now: u64) -> bool {
+        let until = self.outlier.ejected_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now < until {
+            return true;
+        }
+        if self
+            .outlier
+            .ejected_until
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.pool.ejected.fetch_sub(1, Relaxed);
+        }
+        false
+    }
+
+    /// Records the outcome of a request sent here (`failed`: a 5xx or a
+    /// connect/connection failure or timeout) and counts an ejection in `metrics`.
+    pub fn report(&self, failed: bool, metrics: &crate::metrics::Metrics) {
+        if self.record(failed, now_ms()) {
+            metrics.outlier_ejections.fetch_add(1, Relaxed);
+            tracing::warn!(endpoint = %self.addr, "endpoint ejected after consecutive failures");
+        }
+    }
+
+    /// [`Endpoint::report`] at `now`; returns whether this ejected the endpoint.
+    /// Expired ejections of other endpoints are lifted as picks come across them.
+    pub fn record(&self, failed: bool, now: u64) -> bool {
+        if !failed {
+            if self.outlier.consecutive.load(Relaxed) != 0 {
+                self.outlier.consecutive.store(0, Relaxed);
+            }
+            return false;
+        }
+        let failures = self.outlier.consecutive.fetch_add(1, Relaxed) + 1;
+        if failures < CONSECUTIVE_FAILURES || self.ejected_at(now) {
+            return false;
+        }
+        let cap = self.pool.size * MAX_EJECTION_PERCENT / 100;
+        let claimed = self
+            .pool
+            .ejected
+            .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+            .is_ok();
+        if !claimed {
+            return false;
+        }
+        let count = self.outlier.ejections.fetch_add(1, Relaxed) + 1;
+        let duration = BASE_EJECTION.saturating_mul(count).min(MAX_EJECTION);
+        let until = now + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.outlier.ejected_until.store(until, Relaxed);
+        self.outlier.consecutive.store(0, Relaxed);
+        true
+    }
 }
 
 /// One weighted Service port of a route.
@@ -27,7 +124,7 @@ pub struct Backend {
     /// `namespace/name:port`.
     pub name: String,
     pub weight: u32,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// The Service port speaks HTTP/2 without TLS (h2c): `appProtocol:
     /// kubernetes.io/h2c` (or `grpc`, `http2`), or a port name starting with
     /// `grpc` or `http2`.
@@ -37,11 +134,20 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(name: String, weight: u32, addrs: Vec<SocketAddr>) -> Backend {
+        let pool = Arc::new(Pool {
+            ejected: AtomicUsize::new(0),
+            size: addrs.len(),
+        });
         let endpoints = addrs
             .into_iter()
             .filter_map(|addr| {
                 let authority = Authority::try_from(addr.to_string()).ok()?;
-                Some(Endpoint { addr, authority })
+                Some(Arc::new(Endpoint {
+                    addr,
+                    authority,
+                    outlier: Outlier::default(),
+                    pool: pool.clone(),
+                }))
             })
             .collect();
         Backend {
@@ -59,12 +165,24 @@ impl Backend {
         self
     }
 
-    /// Round robin over the ready endpoints.
-    fn pick(&self) -> Option<&Endpoint> {
-        match self.endpoints.len() {
+    /// Round robin over the ready endpoints that are not ejected.
+    fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        match n {
             0 => None,
             1 => self.endpoints.first(),
-            n => self.endpoints.get(self.next.fetch_add(1, Relaxed) % n),
+            n => {
+                let start = self.next.fetch_add(1, Relaxed);
+                let first = self.endpoints.get(start % n);
+                if self.endpoints[0].pool.ejected.load(Relaxed) == 0 {
+                    return first;
+                }
+                let now = now_ms();
+                (0..n)
+                    .filter_map(|i| self.endpoints.get((start + i) % n))
+                    .find(|e| !e.ejected_at(now))
+                    .or(first)
+            }
         }
     }
 }
@@ -72,7 +190,7 @@ impl Backend {
 /// What [`Backends::pick`] chose.
 #[derive(Debug)]
 pub enum Pick<'a> {
-    Endpoint(&'a Backend, &'a Endpoint),
+    Endpoint(&'a Backend, &'a Arc<Endpoint>),
     /// The backend drawn has no ready endpoint.
     NoEndpoint(&'a Backend),
     /// The route has no backend with a weight above 0.
@@ -112,14 +230,14 @@ impl Backends {
     }
 
     /// An endpoint for a retry: a fresh draw, preferring one other than `avoid`.
-    pub fn pick_other(&self, avoid: SocketAddr) -> Option<&Endpoint> {
+    pub fn pick_other(&self, avoid: SocketAddr) -> Option<(&Backend, &Arc<Endpoint>)> {
         let mut last = None;
         for _ in 0..4 {
-            if let Pick::Endpoint(_, endpoint) = self.pick() {
+            if let Pick::Endpoint(backend, endpoint) = self.pick() {
                 if endpoint.addr != avoid {
-                    return Some(endpoint);
+                    return Some((backend, endpoint));
                 }
-                last = Some(endpoint);
+                last = Some((backend, endpoint));
             }
         }
         last
@@ -364,6 +482,57 @@ endpoints: [{addresses: [10.9.9.9]}]
         assert!(matches!(empty.pick(), Pick::NoEndpoint(b) if b.name == "e"));
         let zero = Backends::new(vec![Backend::new("z".into(), 0, vec![])]);
         assert!(matches!(zero.pick(), Pick::NoBackend));
+    }
+
+    #[test]
+    fn consecutive_failures_eject_up_to_half_the_endpoints() {
+        let b = Backend::new(
+            "o".into(),
+            1,
+            (1..=4)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+        );
+        let [e1, e2, e3, _] = [0, 1, 2, 3].map(|i| b.endpoints[i].clone());
+        let now = 1_000;
+        // Four failures and a success: not ejected.
+        for _ in 0..4 {
+            assert!(!e1.record(true, now));
+        }
+        assert!(!e1.record(false, now));
+        for _ in 0..4 {
+            assert!(!e1.record(true, now));
+        }
+        assert!(e1.record(true, now), "fifth failure ejects");
+        assert!(e1.ejected_at(now + 9_999));
+        for _ in 0..5 {
+            e2.record(true, now);
+        }
+        assert!(e2.ejected_at(now));
+        // Two of four are ejected: the cap keeps the third.
+        for _ in 0..10 {
+            assert!(!e3.record(true, now));
+        }
+        assert!(!e3.ejected_at(now));
+        // Picks avoid the ejected endpoints.
+        let picks: Vec<u16> = (0..8).map(|_| b.pick().unwrap().addr.port()).collect();
+        assert!(picks.iter().all(|p| *p == 3 || *p == 4), "{picks:?}");
+        // The first ejection lasts 10 s; the second of the same endpoint 20 s.
+        assert!(!e1.ejected_at(now + 10_000));
+        for _ in 0..5 {
+            e1.record(true, now + 10_000);
+        }
+        assert!(e1.ejected_at(now + 29_999));
+        assert!(!e1.ejected_at(now + 30_000));
+    }
+
+    #[test]
+    fn a_single_endpoint_is_never_ejected() {
+        let b = Backend::new("one".into(), 1, vec!["127.0.0.1:1".parse().unwrap()]);
+        for _ in 0..20 {
+            assert!(!b.endpoints[0].record(true, 1));
+        }
+        assert!(b.pick().is_some());
     }
 
     #[test]

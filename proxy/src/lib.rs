@@ -5,6 +5,7 @@
 //! `ArcSwap` in [`state::State`]. Every request loads the current snapshot once and never
 //! takes a lock; a reload builds a whole new snapshot and swaps it in.
 
+pub mod access_log;
 pub mod admin;
 pub mod backends;
 pub mod client;

@@ -85,6 +85,12 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     pub config_version: AtomicU64,
     flags: [AtomicU64; Flag::ALL.len()],
+    /// Client connections open now.
+    pub connections_active: AtomicU64,
+    /// Client connections closed at once because `maxConnections` were open.
+    pub connections_rejected: AtomicU64,
+    /// Endpoints ejected by passive outlier detection.
+    pub outlier_ejections: AtomicU64,
     /// Counters of the workload identity source, once one runs.
     pub identity: std::sync::OnceLock<Arc<meshgate_mesh::ProviderMetrics>>,
 }
@@ -158,6 +164,27 @@ impl Metrics {
             out,
             "meshgate_upstream_mesh_identity_failures_total {}",
             self.flags[Flag::MeshIdentity as usize].load(Relaxed)
+        );
+        out.push_str("# HELP meshgate_active_connections Client connections open.\n");
+        out.push_str("# TYPE meshgate_active_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "meshgate_active_connections {}",
+            self.connections_active.load(Relaxed)
+        );
+        out.push_str("# HELP meshgate_connections_rejected_total Client connections closed on accept because clientTraffic.maxConnections were open.\n");
+        out.push_str("# TYPE meshgate_connections_rejected_total counter\n");
+        let _ = writeln!(
+            out,
+            "meshgate_connections_rejected_total {}",
+            self.connections_rejected.load(Relaxed)
+        );
+        out.push_str("# HELP meshgate_outlier_ejections_total Endpoints ejected after consecutive 5xx or connection failures.\n");
+        out.push_str("# TYPE meshgate_outlier_ejections_total counter\n");
+        let _ = writeln!(
+            out,
+            "meshgate_outlier_ejections_total {}",
+            self.outlier_ejections.load(Relaxed)
         );
         if let Some(identity) = self.identity.get() {
             out.push_str("# HELP meshgate_mesh_identity_loads_total Workload identity loads (CA requests or file reads), by result.\n");

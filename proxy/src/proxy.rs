@@ -7,17 +7,21 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::access_log::{CountedBody, Entry};
 
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
@@ -27,7 +31,7 @@ use crate::routes::Route;
 use crate::routing::{normalize_host, normalize_path, RequestView};
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::state::{UpstreamBody, UpstreamClient};
+use crate::state::{ClientBody, UpstreamBody, UpstreamClient};
 use crate::{grpc, upgrade};
 
 /// Response bodies: streamed from the upstream, or made here.
@@ -47,6 +51,45 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     /// The listener's port as clients see it (for redirects).
     pub listener_port: u16,
+    /// Requests in progress and when the connection last became idle.
+    pub activity: crate::server::ConnActivity,
+}
+
+/// The client address of a request: the TCP peer, or with `numTrustedHops` N > 0
+/// the Nth address from the right of X-Forwarded-For (as received). Later
+/// policies (client CIDRs, rate limits) read it from the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Envoy's `xff_num_trusted_hops` with `use_remote_address`: with `trusted_hops`
+/// 0 the peer is the client; else the `trusted_hops`th entry from the right of
+/// the X-Forwarded-For values (all header lines, in order). Too few entries, or an
+/// entry there that is not an IP address, mean the peer is the client.
+pub fn client_addr(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let mut seen = 0;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return peer;
+        };
+        for entry in value.rsplit(',') {
+            seen += 1;
+            if seen == trusted_hops {
+                return parse_xff_entry(entry.trim()).unwrap_or(peer);
+            }
+        }
+    }
+    peer
+}
+
+/// An X-Forwarded-For entry: an IP address, also accepted with a port.
+fn parse_xff_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1).
@@ -126,9 +169,10 @@ enum Plan {
     },
     /// Send `request` (already rewritten) upstream.
     Forward {
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         route: Arc<Route>,
         upstream: SocketAddr,
+        endpoint: Arc<Endpoint>,
         /// Send over HTTP/2 (h2c).
         h2: bool,
     },
@@ -156,19 +200,102 @@ impl Plan {
     }
 }
 
+/// A request in progress on its connection; dropped with the response body.
+struct Active(Arc<ConnInfo>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.activity.end();
+    }
+}
+
+/// The response body sent to clients: counts bytes and writes the access log
+/// line when it ends or is dropped (the client went away).
+pub struct ResponseBody {
+    inner: ProxyBody,
+    bytes_out: u64,
+    log: Option<Entry>,
+    active: Option<Active>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        if let (Some(entry), Some(active)) = (self.log.take(), &self.active) {
+            active
+                .0
+                .state
+                .access_log
+                .0
+                .write_line(&entry.line(self.bytes_out));
+        }
+        self.active = None;
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(_) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The hyper service of a listener connection.
 pub async fn serve(
     request: Request<Incoming>,
     conn: Arc<ConnInfo>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(handle(request, &conn).await)
+) -> Result<Response<ResponseBody>, Infallible> {
+    conn.activity.start();
+    let active = Active(conn.clone());
+    let (response, log) = handle(request, &conn).await;
+    let (parts, inner) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody {
+            inner,
+            bytes_out: 0,
+            log,
+            active: Some(active),
+        },
+    ))
 }
 
-/// Proxies one request.
-pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+/// Proxies one request; with the access log on, also returns its entry.
+pub async fn handle(
+    mut request: Request<Incoming>,
+    conn: &ConnInfo,
+) -> (Response<ProxyBody>, Option<Entry>) {
     let start = Instant::now();
+    let time = SystemTime::now();
     let state = &*conn.state;
-    let (method, uri) = (request.method().clone(), request.uri().clone());
     let grpc = grpc::is_grpc(request.headers());
     let upgrade = upgrade::requested(request.version(), request.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -176,15 +303,45 @@ pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response
         grpc,
         upgrade: upgrade.is_some(),
     };
+    if !request.headers().contains_key(REQUEST_ID_HEADER) {
+        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, id);
+        }
+    }
     // The one snapshot load of this request; the guard is gone before any await.
-    let (plan, access_log) = {
+    let (plan, log) = {
         let snapshot = state.snapshot.load();
-        (
-            plan(request, conn, &snapshot, kind, upgrade),
-            snapshot.client.access_log,
-        )
+        let client = client_addr(
+            request.headers(),
+            conn.peer.ip(),
+            snapshot.client.num_trusted_hops,
+        );
+        request.extensions_mut().insert(ClientAddr(client));
+        let log = snapshot.client.access_log.then(|| Entry {
+            time,
+            started: start,
+            listener: conn.listener.clone(),
+            client,
+            method: request.method().clone(),
+            authority: match request.uri().authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => request.headers().get(header::HOST).cloned(),
+            },
+            uri: request.uri().clone(),
+            status: 0,
+            route: None,
+            upstream: None,
+            upstream_ms: None,
+            bytes_in: Some(Arc::new(AtomicU64::new(0))),
+            request_id: request.headers().get(REQUEST_ID_HEADER).cloned(),
+            flag: None,
+        });
+        let counter = log.as_ref().and_then(|l| l.bytes_in.clone());
+        let request = request.map(|body| CountedBody::new(body, counter));
+        (plan(request, conn, &snapshot, kind, upgrade), log)
     };
 
+    let mut upstream_ms = None;
     let (response, route, flag, upstream) = match plan {
         Plan::Local {
             response,
@@ -195,6 +352,7 @@ pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response
             request,
             route,
             upstream,
+            endpoint,
             h2,
         } => {
             let (response, flag, upstream) = match client_upgrade {
@@ -204,8 +362,9 @@ pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response
                             .await;
                     (response, flag, upstream)
                 }
-                None => forward(&conn.state, request, &route, upstream, h2).await,
+                None => forward(&conn.state, request, &route, endpoint, h2).await,
             };
+            upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
             (response, Some(route), flag, Some(upstream))
         }
     };
@@ -223,26 +382,20 @@ pub async fn handle(mut request: Request<Incoming>, conn: &ConnInfo) -> Response
     if let Some(flag) = flag {
         state.metrics.flag(flag);
     }
-    if access_log {
-        tracing::info!(
-            target: "meshgate::access",
-            listener = &*conn.listener,
-            client = %conn.peer,
-            method = %method,
-            uri = %uri,
-            status = status.as_u16(),
-            route = route.as_ref().map(|r| r.name.as_str()),
-            upstream = upstream.map(|u| u.to_string()),
-            flags = flag.map(Flag::code),
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        );
-    }
-    response
+    let log = log.map(|mut entry| {
+        entry.status = status.as_u16();
+        entry.route = route;
+        entry.upstream = upstream;
+        entry.upstream_ms = upstream_ms;
+        entry.flag = flag;
+        entry
+    });
+    (response, log)
 }
 
 /// Routes the request and applies the request filters.
 fn plan(
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     conn: &ConnInfo,
     snapshot: &Snapshot,
     kind: Kind,
@@ -368,6 +521,7 @@ fn plan(
         );
     };
     let upstream = endpoint.addr;
+    let endpoint = endpoint.clone();
     // HTTP/2 upstream: h2c Services, and gRPC from HTTP/2 clients.
     let h2 = !kind.upgrade && (backend.h2 || (kind.grpc && parts.version == Version::HTTP_2));
     parts.uri = uri;
@@ -400,11 +554,13 @@ fn plan(
         request: Request::from_parts(parts, body),
         route,
         upstream,
+        endpoint,
         h2,
     }
 }
 
-/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and x-request-id.
+/// X-Forwarded-For (the peer appended), X-Forwarded-Proto and X-Forwarded-Host
+/// (x-request-id is set in [`handle`]).
 fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
     let peer = conn.peer.ip().to_string();
     let mut xff = String::new();
@@ -425,16 +581,11 @@ fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &Header
         HeaderValue::from_static(conn.scheme.as_str()),
     );
     headers.insert("x-forwarded-host", host.clone());
-    if !headers.contains_key(REQUEST_ID_HEADER) {
-        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))) {
-            headers.insert(REQUEST_ID_HEADER, id);
-        }
-    }
 }
 
 /// Forwards an upgrade request; see [`crate::upgrade`].
 async fn forward_upgrade(
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     client: hyper::upgrade::OnUpgrade,
     route: &Route,
     upstream: SocketAddr,
@@ -468,11 +619,11 @@ async fn forward_upgrade(
 /// A request body as forwarded: kept in full (replayable), or streamed.
 enum RequestBody {
     Kept(Bytes),
-    Streamed(Incoming),
+    Streamed(ClientBody),
 }
 
 /// Keeps the body when it is known to be at most [`retry::MAX_BUFFERED_BODY`] bytes.
-async fn keep_body(body: Incoming) -> Result<RequestBody, hyper::Error> {
+async fn keep_body(body: ClientBody) -> Result<RequestBody, hyper::Error> {
     if body.is_end_stream() {
         return Ok(RequestBody::Kept(Bytes::new()));
     }
@@ -492,6 +643,14 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// Whether outlier detection counts this as a failure of the endpoint.
+    fn failed(&self) -> bool {
+        match self {
+            Attempt::Response(r) => r.status().is_server_error(),
+            Attempt::Timeout | Attempt::Failed(_) => true,
+        }
+    }
+
     fn failure(&self) -> Failure {
         match self {
             Attempt::Response(r) => Failure::Status(r.status()),
@@ -604,11 +763,12 @@ fn rebuild(
 /// policy allows, within the route's timeouts. Returns the endpoint of the last attempt.
 async fn forward(
     state: &Arc<State>,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     route: &Route,
-    upstream: SocketAddr,
+    endpoint: Arc<Endpoint>,
     h2: bool,
 ) -> (Response<ProxyBody>, Option<Flag>, SocketAddr) {
+    let upstream = endpoint.addr;
     let client = if h2 {
         &state.upstream_h2
     } else {
@@ -618,6 +778,7 @@ async fn forward(
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());
     if policy.is_none() && mirror.is_none() {
         let outcome = attempt(client, request.map(Either::Left), route.timeout).await;
+        endpoint.report(outcome.failed(), &state.metrics);
         let (response, flag) = finish(outcome, route, upstream);
         return (response, flag, upstream);
     }
@@ -650,6 +811,7 @@ async fn forward(
                 RequestBody::Streamed(incoming) => Either::Left(incoming),
             };
             let outcome = attempt(client, Request::from_parts(parts, body), route.timeout).await;
+            endpoint.report(outcome.failed(), &state.metrics);
             let (response, flag) = finish(outcome, route, upstream);
             return (response, flag, upstream);
         }
@@ -657,6 +819,7 @@ async fn forward(
 
     let _active = policy.start();
     let mut endpoint_addr = upstream;
+    let mut current = endpoint;
     let attempts = async {
         let mut permit = None;
         let mut request = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
@@ -669,6 +832,7 @@ async fn forward(
                 policy.per_attempt_timeout,
             )
             .await;
+            current.report(outcome.failed(), &state.metrics);
             let failure = outcome.failure();
             let retry = retries < policy.attempts
                 && policy.retriable(failure)
@@ -684,10 +848,11 @@ async fn forward(
             retries += 1;
             drop(outcome);
             tokio::time::sleep(policy.backoff(retries)).await;
-            let Some(endpoint) = route.backends.pick_other(endpoint_addr) else {
+            let Some((_, endpoint)) = route.backends.pick_other(endpoint_addr) else {
                 return (Attempt::Timeout, retries);
             };
             endpoint_addr = endpoint.addr;
+            current = endpoint.clone();
             let Some(next) = rebuild(&parts_now, endpoint, bytes.clone()) else {
                 return (Attempt::Timeout, retries);
             };
@@ -756,6 +921,57 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn client_address_from_trusted_hops() {
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        // (hops, X-Forwarded-For header lines, client expected)
+        let cases: &[(usize, &[&str], &str)] = &[
+            (
+                0,
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                "192.0.2.1",
+            ),
+            (
+                1,
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                "203.0.113.1",
+            ),
+            (
+                2,
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                "203.0.113.10",
+            ),
+            (
+                2,
+                &["203.0.113.128", "203.0.113.10,203.0.113.1"],
+                "203.0.113.10",
+            ),
+            (
+                3,
+                &["203.0.113.128", "203.0.113.10, 203.0.113.1"],
+                "203.0.113.128",
+            ),
+            (4, &["203.0.113.10, 203.0.113.1"], "192.0.2.1"),
+            (1, &[], "192.0.2.1"),
+            (1, &[""], "192.0.2.1"),
+            (1, &["203.0.113.10, garbage"], "192.0.2.1"),
+            (2, &["garbage, 203.0.113.1"], "192.0.2.1"),
+            (1, &["203.0.113.10,"], "192.0.2.1"),
+            (1, &["2001:db8::1"], "2001:db8::1"),
+            (1, &["[2001:db8::1]:443"], "2001:db8::1"),
+            (1, &["203.0.113.7:8080"], "203.0.113.7"),
+            (2, &["  203.0.113.10 ,203.0.113.1"], "203.0.113.10"),
+        ];
+        for &(hops, lines, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
+            }
+            let got = client_addr(&headers, peer, hops);
+            assert_eq!(got.to_string(), expected, "hops {hops}, xff {lines:?}");
+        }
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Options {
     /// A running identity source; its channel is used when `mesh.identity` is
     /// unset, and it is stopped with the proxy.
     pub identity: Option<IdentityManager>,
+    /// Where access log lines go (stdout by default).
+    pub access_log: crate::access_log::AccessLog,
 }
 
 impl Options {
@@ -60,6 +62,7 @@ impl Options {
             poll_interval: reload::POLL_INTERVAL,
             mesh: MeshRuntime::default(),
             identity: None,
+            access_log: Default::default(),
         }
     }
 }
@@ -84,7 +87,7 @@ impl Running {
         if let (None, Some(manager)) = (&mesh.identity, &identity) {
             mesh.identity = Some(manager.watch.clone());
         }
-        let state = State::with_mesh(mesh);
+        let state = State::build(mesh, options.access_log.clone());
         if let Some(manager) = &identity {
             let _ = state.metrics.identity.set(manager.metrics.clone());
         }
@@ -158,6 +161,11 @@ impl Running {
             reload::apply(&state, snapshot);
         }
         let snapshot = state.snapshot.load_full();
+        if let Some(limit) = snapshot.client.max_connections {
+            let _ = state
+                .connection_limit
+                .set(Arc::new(tokio::sync::Semaphore::new(limit)));
+        }
         let specs: Vec<(ListenerSpec, SocketAddr, bool)> = snapshot
             .listeners
             .iter()

@@ -2,16 +2,16 @@
 //! and hyper's auto (HTTP/1.1 + HTTP/2) connection builder.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use meshgate_crds::gateway::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::filters::Scheme;
@@ -55,6 +55,74 @@ struct Listening {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Whether a client connection has requests in progress, and since when it has
+/// had none (for `idleTimeout`).
+#[derive(Debug)]
+pub struct ConnActivity {
+    origin: Instant,
+    active: AtomicUsize,
+    /// Milliseconds after `origin` when the last request ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        ConnActivity {
+            origin: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnActivity {
+    /// A request started.
+    pub fn start(&self) {
+        self.active.fetch_add(1, SeqCst);
+    }
+
+    /// A request ended (its response was sent, or abandoned).
+    pub fn end(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(now, SeqCst);
+        self.active.fetch_sub(1, SeqCst);
+    }
+
+    /// Resolves once the connection has had no request in progress for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            if self.active.load(SeqCst) == 0 {
+                let since = self.origin + Duration::from_millis(self.idle_since_ms.load(SeqCst));
+                let deadline = since + timeout;
+                if Instant::now() >= deadline {
+                    if self.active.load(SeqCst) == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            } else {
+                tokio::time::sleep(timeout).await;
+            }
+        }
+    }
+}
+
+/// Held by each connection task: counts it as active, keeps its
+/// `maxConnections` permit, and tells the listener when it is gone.
+struct ConnGuard {
+    state: Arc<State>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _done: mpsc::Sender<()>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.metrics.connections_active.fetch_sub(1, SeqCst);
+    }
 }
 
 /// The connection builder for the client settings of the first snapshot.
@@ -93,6 +161,7 @@ pub fn spawn_listener(
     let listening = Arc::new(Listening {
         builder: connection_builder(&client),
         handshake_timeout: client.header_timeout,
+        idle_timeout: client.idle_timeout,
         spec,
         state,
         tls,
@@ -105,8 +174,10 @@ async fn accept_loop(
     listening: Arc<Listening>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; `recv` ends once all are gone.
+    let (done, mut drained) = mpsc::channel::<()>(1);
     let name: Arc<str> = listening.spec.name.as_str().into();
+    let state = &listening.state;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -114,13 +185,31 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let watcher = graceful.watcher();
+                let permit = match state.connection_limit.get() {
+                    None => None,
+                    Some(limit) => match limit.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            state.metrics.connections_rejected.fetch_add(1, SeqCst);
+                            tracing::debug!(listener = %name, %peer, "maxConnections reached; connection closed");
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                };
+                state.metrics.connections_active.fetch_add(1, SeqCst);
+                let guard = ConnGuard {
+                    state: state.clone(),
+                    _permit: permit,
+                    _done: done.clone(),
+                };
                 tokio::spawn(serve_connection(
                     stream,
                     peer,
                     listening.clone(),
                     name.clone(),
-                    watcher,
+                    shutdown.clone(),
+                    guard,
                 ));
             }
             Err(e) => {
@@ -131,8 +220,32 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(done);
+    let _ = drained.recv().await;
     tracing::debug!(listener = %name, "listener drained");
+}
+
+/// Serves a connection until it ends; on shutdown, or after `idleTimeout`
+/// without a request in progress, closes it gracefully (in-flight requests finish).
+macro_rules! drive {
+    ($connection:expr, $activity:expr, $idle:expr, $shutdown:expr) => {{
+        let connection = $connection;
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = $activity.idle($idle), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = $shutdown.wait_for(|stop| *stop), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
 }
 
 async fn serve_connection(
@@ -140,7 +253,8 @@ async fn serve_connection(
     peer: SocketAddr,
     listening: Arc<Listening>,
     name: Arc<str>,
-    watcher: Watcher,
+    mut shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
     let scheme = if listening.tls.is_some() {
@@ -154,14 +268,19 @@ async fn serve_connection(
         peer,
         scheme,
         listener_port: listening.spec.public_port,
+        activity: ConnActivity::default(),
     });
-    let service = service_fn(move |request| proxy::serve(request, conn.clone()));
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |request| proxy::serve(request, conn.clone()))
+    };
+    let idle = listening.idle_timeout;
     let result = match &listening.tls {
         None => {
             let connection = listening
                 .builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(connection).await
+            drive!(connection, conn.activity, idle, shutdown)
         }
         Some(acceptor) => {
             match tokio::time::timeout(listening.handshake_timeout, acceptor.accept(stream)).await {
@@ -169,7 +288,7 @@ async fn serve_connection(
                     let connection = listening
                         .builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(connection).await
+                    drive!(connection, conn.activity, idle, shutdown)
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -75,6 +75,12 @@ pub struct ClientSettings {
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
     pub access_log: bool,
+    /// `numTrustedHops`: X-Forwarded-For entries believed (see [`crate::proxy::client_addr`]).
+    pub num_trusted_hops: usize,
+    /// Close a client connection without requests in progress for this long.
+    pub idle_timeout: Duration,
+    /// Open client connections per proxy; `None`: unlimited.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ClientSettings {
@@ -84,6 +90,9 @@ impl Default for ClientSettings {
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 100,
             access_log: true,
+            num_trusted_hops: 0,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
@@ -316,18 +325,20 @@ pub fn compile(
             client.max_concurrent_streams = n.max(1);
         }
         client.access_log = ct.access_log.unwrap_or(true);
-        for (set, what) in [
-            (ct.idle_timeout.is_some(), "idleTimeout"),
-            (ct.max_connections.is_some(), "maxConnections"),
-            (ct.num_trusted_hops.is_some(), "numTrustedHops"),
-        ] {
-            if set {
-                warnings.push(ConfigIssue::new(
-                    "gateway",
-                    format!("clientTraffic.{what} is not implemented yet; ignored"),
-                ));
-            }
-        }
+        client.idle_timeout = duration_or(
+            ct.idle_timeout.as_ref(),
+            client.idle_timeout,
+            "idleTimeout",
+            &mut errors,
+        );
+        client.num_trusted_hops = ct
+            .num_trusted_hops
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        client.max_connections = ct
+            .max_connections
+            .and_then(|n| usize::try_from(n).ok())
+            .map(|n| n.max(1));
     }
     if !manifests.policies.is_empty() {
         warnings.push(ConfigIssue::new(

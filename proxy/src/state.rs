@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::access_log::AccessLog;
 use crate::mesh::MeshTargets;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -19,7 +20,10 @@ use crate::upstream::{MeshRuntime, UpstreamConnector};
 
 /// Request bodies sent upstream: streamed from the client, or buffered (replayable
 /// for retries and mirrors).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
+
+/// A request body from a client, counted for the access log.
+pub type ClientBody = crate::access_log::CountedBody<Incoming>;
 
 /// A pooled upstream client: HTTP/1.1 with keep-alive, or HTTP/2; over plain TCP,
 /// or mesh mTLS for the endpoints of an Istio-mode gateway (see [`crate::upstream`]).
@@ -50,6 +54,10 @@ pub struct State {
     pub mesh: MeshRuntime,
     /// The HTTP/1.1 connector, for connections of their own (upgrades).
     pub connector: UpstreamConnector,
+    /// Where access log lines go.
+    pub access_log: AccessLog,
+    /// `clientTraffic.maxConnections` of the first snapshot, over all listeners.
+    pub connection_limit: OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 impl State {
@@ -59,6 +67,10 @@ impl State {
     }
 
     pub fn with_mesh(mesh: MeshRuntime) -> Arc<State> {
+        State::build(mesh, AccessLog::default())
+    }
+
+    pub fn build(mesh: MeshRuntime, access_log: AccessLog) -> Arc<State> {
         let mesh_targets = Arc::new(ArcSwap::from_pointee(MeshTargets::new()));
         let connector = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), false);
         let connector_h2 = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), true);
@@ -84,6 +96,8 @@ impl State {
             mesh_targets,
             mesh,
             connector,
+            access_log,
+            connection_limit: OnceLock::new(),
         })
     }
 }

@@ -102,6 +102,8 @@ pub fn tagged_route(name: &str, matches: &str, backend: &str, extra: &str) -> St
 fn options(source: Source, listeners: &[&str]) -> Options {
     let mut options = Options::new(source);
     options.admin = Some(SocketAddr::from((LOCALHOST, 0)));
+    // Keep test output readable; tests of the log capture it (`start_yaml_with`).
+    options.access_log = meshgate_proxy::access_log::AccessLog::new(Discard);
     options.poll_interval = Duration::from_millis(100);
     options.listen = listeners
         .iter()
@@ -120,6 +122,53 @@ pub async fn start_yaml(yaml: &str, listeners: &[&str]) -> Running {
     ))
     .await
     .expect("proxy starts")
+}
+
+/// Starts a proxy on fixed manifests after `adjust` has changed the options
+/// (e.g. to capture the access log).
+pub async fn start_yaml_with(
+    yaml: &str,
+    listeners: &[&str],
+    adjust: impl FnOnce(&mut Options),
+) -> Running {
+    let loaded = meshgate_crds::manifests::load_str("test", yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let mut options = options(Source::Manifests(Box::new(loaded.manifests)), listeners);
+    adjust(&mut options);
+    Running::start(options).await.expect("proxy starts")
+}
+
+/// An access log sink that drops every line.
+pub struct Discard;
+
+impl meshgate_proxy::access_log::LogSink for Discard {
+    fn write_line(&self, _line: &str) {}
+}
+
+/// An access log sink that keeps the lines, for tests.
+#[derive(Clone, Default)]
+pub struct CaptureLog(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl meshgate_proxy::access_log::LogSink for CaptureLog {
+    fn write_line(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+}
+
+impl CaptureLog {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// `gateway_yaml` with `clientTraffic` set to the flow mapping `client_traffic`
+/// (e.g. `{numTrustedHops: 1}`).
+pub fn gateway_yaml_with_client(listeners: &str, routes: &str, client_traffic: &str) -> String {
+    gateway_yaml(listeners, routes).replacen(
+        "spec:\n",
+        &format!("spec:\n  clientTraffic: {client_traffic}\n"),
+        1,
+    )
 }
 
 /// Starts a proxy on a manifest directory (polled every 100 ms).

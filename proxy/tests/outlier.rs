@@ -1,0 +1,77 @@
+//! Passive outlier detection: an endpoint that keeps failing is ejected.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// Service `test/pool` port 80 with one EndpointSlice per address.
+fn pool_yaml(addrs: &[SocketAddr]) -> String {
+    let mut yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: pool, namespace: test}\nspec: {ports: [{name: http, port: 80}]}\n".to_string();
+    for (i, addr) in addrs.iter().enumerate() {
+        yaml += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: pool-{i}, namespace: test, labels: {{kubernetes.io/service-name: pool}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+            addr.port(),
+            addr.ip()
+        );
+    }
+    yaml
+}
+
+#[tokio::test]
+async fn five_consecutive_failures_eject_an_endpoint() {
+    let bad = serve(|_request| async {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"bad")));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+    .await;
+    let good =
+        serve(|_request| async { Response::new(Full::new(Bytes::from_static(b"good"))) }).await;
+    let yaml = gateway_yaml(
+        &http_listener("http", 80),
+        &tagged_route("r", "[{path: {value: /}}]", "pool", ""),
+    ) + &pool_yaml(&[bad, good]);
+    let proxy = start_yaml(&yaml, &["http"]).await;
+    let addr = proxy.listener_addr("http").unwrap();
+
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(addr, "a.test", "/").await.status.as_u16());
+    }
+    let failures = statuses.iter().filter(|s| **s == 500).count();
+    assert_eq!(failures, 5, "{statuses:?}");
+    assert!(
+        statuses[statuses.len() - 15..].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        metric(&proxy, "meshgate_outlier_ejections_total").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn the_ejection_cap_keeps_half_the_endpoints() {
+    // Both endpoints fail: only one may be ejected, so requests still reach one.
+    let refused = [closed_port(), closed_port()];
+    let yaml = gateway_yaml(
+        &http_listener("http", 80),
+        &tagged_route("r", "[{path: {value: /}}]", "pool", ""),
+    ) + &pool_yaml(&refused);
+    let proxy = start_yaml(&yaml, &["http"]).await;
+    let addr = proxy.listener_addr("http").unwrap();
+    for _ in 0..30 {
+        let reply = get(addr, "a.test", "/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(reply.header("x-meshgate-flags"), Some("UF"));
+    }
+    assert_eq!(
+        metric(&proxy, "meshgate_outlier_ejections_total").await,
+        Some(1.0)
+    );
+}
