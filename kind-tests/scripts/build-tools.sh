@@ -243,7 +243,11 @@ istio_replaces() {
 build_istio() {
   local -a want=("$@")
   local json gomod dir src commit p replaces
-  json="$(fetch_module istio.io/istio "$ISTIO_MODULE_VERSION")"
+  # Ask by tag: the proxy reachable here serves istio's .info only for the tag
+  # query, not for the pseudo-version path. The answer must match the pin.
+  json="$(fetch_module istio.io/istio "$ISTIO_VERSION")"
+  [[ "$(jq -r .Version <<<"$json")" == "$ISTIO_MODULE_VERSION" ]] ||
+    die "istio.io/istio@$ISTIO_VERSION resolved to $(jq -r .Version <<<"$json"), expected $ISTIO_MODULE_VERSION"
   gomod="$(jq -r .GoMod <<<"$json")" src="$(jq -r .Dir <<<"$json")"
   commit="$(origin_hash "$json")"
   if [[ " ${want[*]} " == *" istio-crds "* ]]; then
