@@ -137,86 +137,93 @@ impl Metrics {
                 self.flags[flag as usize].load(Relaxed)
             );
         }
-        out.push_str("# HELP meshgate_config_reloads_total Configuration reloads, by result.\n");
-        out.push_str("# TYPE meshgate_config_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "meshgate_config_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Relaxed)
+        let load = |a: &AtomicU64| a.load(Relaxed) as i64;
+        family(
+            &mut out,
+            "meshgate_config_reloads_total",
+            "counter",
+            "Configuration reloads, by result.",
+            &[
+                ("result=\"ok\"", load(&self.reloads_ok)),
+                ("result=\"failed\"", load(&self.reloads_failed)),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "meshgate_config_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_failed.load(Relaxed)
-        );
-        out.push_str(
-            "# HELP meshgate_config_version Version of the active configuration snapshot.\n",
-        );
-        out.push_str("# TYPE meshgate_config_version gauge\n");
-        let _ = writeln!(
-            out,
-            "meshgate_config_version {}",
-            self.config_version.load(Relaxed)
-        );
-        out.push_str("# HELP meshgate_upstream_mesh_identity_failures_total Requests answered 503 MI: the mesh upstream's certificate or SPIFFE ID was refused, or the gateway had no workload identity.\n");
-        out.push_str("# TYPE meshgate_upstream_mesh_identity_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "meshgate_upstream_mesh_identity_failures_total {}",
-            self.flags[Flag::MeshIdentity as usize].load(Relaxed)
-        );
-        out.push_str("# HELP meshgate_active_connections Client connections open.\n");
-        out.push_str("# TYPE meshgate_active_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "meshgate_active_connections {}",
-            self.connections_active.load(Relaxed)
-        );
-        out.push_str("# HELP meshgate_connections_rejected_total Client connections closed on accept because clientTraffic.maxConnections were open.\n");
-        out.push_str("# TYPE meshgate_connections_rejected_total counter\n");
-        let _ = writeln!(
-            out,
-            "meshgate_connections_rejected_total {}",
-            self.connections_rejected.load(Relaxed)
-        );
-        out.push_str("# HELP meshgate_outlier_ejections_total Endpoints ejected after consecutive 5xx or connection failures.\n");
-        out.push_str("# TYPE meshgate_outlier_ejections_total counter\n");
-        let _ = writeln!(
-            out,
-            "meshgate_outlier_ejections_total {}",
-            self.outlier_ejections.load(Relaxed)
-        );
+        let singles: [(&str, &str, &str, i64); 5] = [
+            (
+                "meshgate_config_version",
+                "gauge",
+                "Version of the active configuration snapshot.",
+                load(&self.config_version),
+            ),
+            (
+                "meshgate_upstream_mesh_identity_failures_total",
+                "counter",
+                "Requests answered 503 MI: the mesh upstream's certificate or SPIFFE ID was refused, or the gateway had no workload identity.",
+                load(&self.flags[Flag::MeshIdentity as usize]),
+            ),
+            (
+                "meshgate_active_connections",
+                "gauge",
+                "Client connections open.",
+                load(&self.connections_active),
+            ),
+            (
+                "meshgate_connections_rejected_total",
+                "counter",
+                "Client connections closed on accept because clientTraffic.maxConnections were open.",
+                load(&self.connections_rejected),
+            ),
+            (
+                "meshgate_outlier_ejections_total",
+                "counter",
+                "Endpoints ejected after consecutive 5xx or connection failures.",
+                load(&self.outlier_ejections),
+            ),
+        ];
+        for (name, kind, help, value) in singles {
+            family(&mut out, name, kind, help, &[("", value)]);
+        }
         if let Some(identity) = self.identity.get() {
-            out.push_str("# HELP meshgate_mesh_identity_loads_total Workload identity loads (CA requests or file reads), by result.\n");
-            out.push_str("# TYPE meshgate_mesh_identity_loads_total counter\n");
-            let _ = writeln!(
-                out,
-                "meshgate_mesh_identity_loads_total{{result=\"ok\"}} {}",
-                identity.loads_ok.load(Relaxed)
+            family(
+                &mut out,
+                "meshgate_mesh_identity_loads_total",
+                "counter",
+                "Workload identity loads (CA requests or file reads), by result.",
+                &[
+                    ("result=\"ok\"", load(&identity.loads_ok)),
+                    ("result=\"failed\"", load(&identity.loads_failed)),
+                ],
             );
-            let _ = writeln!(
-                out,
-                "meshgate_mesh_identity_loads_total{{result=\"failed\"}} {}",
-                identity.loads_failed.load(Relaxed)
+            family(
+                &mut out,
+                "meshgate_mesh_identity_rotations_total",
+                "counter",
+                "Workload identities published.",
+                &[("", load(&identity.rotations))],
             );
-            out.push_str(
-                "# HELP meshgate_mesh_identity_rotations_total Workload identities published.\n",
-            );
-            out.push_str("# TYPE meshgate_mesh_identity_rotations_total counter\n");
-            let _ = writeln!(
-                out,
-                "meshgate_mesh_identity_rotations_total {}",
-                identity.rotations.load(Relaxed)
-            );
-            out.push_str("# HELP meshgate_mesh_identity_expiry_seconds Expiry of the workload certificate presented (Unix time).\n");
-            out.push_str("# TYPE meshgate_mesh_identity_expiry_seconds gauge\n");
-            let _ = writeln!(
-                out,
-                "meshgate_mesh_identity_expiry_seconds {}",
-                identity.expiry_unix.load(Relaxed)
+            family(
+                &mut out,
+                "meshgate_mesh_identity_expiry_seconds",
+                "gauge",
+                "Expiry of the workload certificate presented (Unix time).",
+                &[("", identity.expiry_unix.load(Relaxed))],
             );
         }
         out
+    }
+}
+
+/// Writes one metric family: its HELP and TYPE lines, then one sample per
+/// `(labels, value)`, where `labels` is already formatted (`result="ok"`) or empty.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, i64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
