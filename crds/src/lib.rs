@@ -2,6 +2,7 @@
 //! the CRDs generated from them, and a loader for directories of manifests.
 
 pub mod apidoc;
+pub mod attachment;
 pub mod common;
 pub mod examples;
 pub mod gateway;

@@ -1,14 +1,12 @@
 //! ApiPolicy: which policy wins a target, and the policy status, as pure functions.
 //!
-//! Conflict rule: two policies attached to the same target (same ApiGateway and
-//! same `sectionName`, or both to the whole gateway) conflict; the older one
-//! (by creationTimestamp, then name) wins, the other is `Conflicted` there.
-//! The proxy applies the same rule, so status and behaviour agree.
+//! The conflict rule (the older policy wins a target) lives in
+//! [`meshgate_crds::attachment`], shared with the proxy, so status and behaviour agree.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use meshgate_crds::policy::{PolicyAncestorStatus, PolicyTargetReference};
+use meshgate_crds::policy::PolicyAncestorStatus;
 use meshgate_crds::{ApiGateway, ApiPolicy, ApiPolicyStatus};
 
 use crate::conditions::{merge, reasons, types, Cond};
@@ -17,28 +15,7 @@ use crate::dereference::{secret_key, From, Lookup, Refs};
 /// `controllerName` in policy ancestor status.
 pub const CONTROLLER_NAME: &str = "meshgate.io/operator";
 
-/// A policy attachment point: gateway name and optional section.
-pub type Target = (String, Option<String>);
-
-fn target_of(r: &PolicyTargetReference) -> Target {
-    (r.name.clone(), r.section_name.clone())
-}
-
-fn age_key(p: &ApiPolicy) -> (Option<Time>, String) {
-    (
-        p.metadata.creation_timestamp.clone(),
-        p.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-/// The policy that wins `target` among `policies` (same namespace): the oldest.
-pub fn winner<'a>(policies: &'a [ApiPolicy], target: &Target) -> Option<&'a ApiPolicy> {
-    policies
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.spec.target_refs.iter().any(|r| &target_of(r) == target))
-        .min_by_key(|p| age_key(p))
-}
+pub use meshgate_crds::attachment::{target_of, winner, Target};
 
 /// Why `section` does not exist on `gw`, if it does not.
 fn section_missing(gw: &ApiGateway, section: &str) -> bool {
