@@ -17,6 +17,7 @@ pub mod identity_source;
 pub mod mesh;
 pub mod metrics;
 pub mod mirror;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
