@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::SecretObjectReference;
-use crate::route::{Retry, RouteTimeouts};
+pub use crate::route::{Retry, RouteTimeouts};
 
 /// Desired state of an ApiPolicy.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -360,6 +360,7 @@ pub async fn run(
                 Some(&compile_selector),
                 version,
                 &compile_state.metrics,
+                &compile_state.policy,
             )
         })
         .await

@@ -29,10 +29,20 @@ pub enum Flag {
     BadRequest,
     /// The mesh upstream's identity was refused (or the gateway has none yet).
     MeshIdentity,
+    /// Refused by a policy: authentication, authorization, IP filter or CORS.
+    Unauthorized,
+    /// Refused by a rate limit.
+    RateLimited,
+    /// The global rate-limit store (Redis) was unreachable and the limit fails closed.
+    RateLimitServiceError,
+    /// The request's headers or body passed a size limit.
+    RequestTooLarge,
+    /// The route's policy is not valid; the route fails closed.
+    PolicyError,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 7] = [
+    pub const ALL: [Flag; 12] = [
         Flag::NoRoute,
         Flag::NoHealthy,
         Flag::UpstreamConnect,
@@ -40,6 +50,11 @@ impl Flag {
         Flag::UpstreamTimeout,
         Flag::BadRequest,
         Flag::MeshIdentity,
+        Flag::Unauthorized,
+        Flag::RateLimited,
+        Flag::RateLimitServiceError,
+        Flag::RequestTooLarge,
+        Flag::PolicyError,
     ];
 
     /// The short code sent in `x-meshgate-flags` (Envoy-style).
@@ -52,6 +67,11 @@ impl Flag {
             Flag::UpstreamTimeout => "UT",
             Flag::BadRequest => "BR",
             Flag::MeshIdentity => "MI",
+            Flag::Unauthorized => "UAEX",
+            Flag::RateLimited => "RL",
+            Flag::RateLimitServiceError => "RLSE",
+            Flag::RequestTooLarge => "RTL",
+            Flag::PolicyError => "PE",
         }
     }
 }
@@ -215,7 +235,13 @@ impl Metrics {
 
 /// Writes one metric family: its HELP and TYPE lines, then one sample per
 /// `(labels, value)`, where `labels` is already formatted (`result="ok"`) or empty.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, i64)]) {
+pub(crate) fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(&str, i64)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {

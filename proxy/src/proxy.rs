@@ -26,8 +26,10 @@ use crate::access_log::{CountedBody, Entry};
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
 use crate::metrics::Flag;
+use crate::policy::limits::{BoxError, LimitedBody};
+use crate::policy::{Admitted, PolicyRequest, Refused};
 use crate::retry::{self, Failure, RetryPolicy};
-use crate::routes::Route;
+use crate::routes::{Route, UpstreamSettings};
 use crate::routing::{normalize_host, normalize_path, RequestView};
 use crate::snapshot::Snapshot;
 use crate::state::State;
@@ -171,6 +173,10 @@ enum Plan {
     Forward {
         request: Request<ClientBody>,
         route: Arc<Route>,
+        /// Timeouts and retries: the route's, or its policy's overrides.
+        settings: Arc<UpstreamSettings>,
+        /// What the route's policy adds to the response; `None` without a policy.
+        admitted: Option<Box<Admitted>>,
         upstream: SocketAddr,
         endpoint: Arc<Endpoint>,
         /// Send over HTTP/2 (h2c).
@@ -308,7 +314,8 @@ pub async fn handle(
             request.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
     }
-    // The one snapshot load of this request; the guard is gone before any await.
+    // The one snapshot load of this request. The guard lives until routing and
+    // policy checks are done (a JWKS fetch or a Redis round trip may await).
     let (plan, log) = {
         let snapshot = state.snapshot.load();
         let client = client_addr(
@@ -337,8 +344,8 @@ pub async fn handle(
             flag: None,
         });
         let counter = log.as_ref().and_then(|l| l.bytes_in.clone());
-        let request = request.map(|body| CountedBody::new(body, counter));
-        (plan(request, conn, &snapshot, kind, upgrade), log)
+        let request = request.map(|body| LimitedBody::unlimited(CountedBody::new(body, counter)));
+        (plan(request, conn, &snapshot, kind, upgrade).await, log)
     };
 
     let mut upstream_ms = None;
@@ -351,19 +358,38 @@ pub async fn handle(
         Plan::Forward {
             request,
             route,
+            settings,
+            admitted,
             upstream,
             endpoint,
             h2,
         } => {
-            let (response, flag, upstream) = match client_upgrade {
+            let (mut response, mut flag, upstream) = match client_upgrade {
                 Some(client) => {
                     let (response, flag) =
                         forward_upgrade(request, client, &route, upstream, &conn.state.connector)
                             .await;
                     (response, flag, upstream)
                 }
-                None => forward(&conn.state, request, &route, endpoint, h2).await,
+                None => forward(&conn.state, request, &route, &settings, endpoint, h2).await,
             };
+            if let Some(admitted) = &admitted {
+                // The upstream call failed because the body passed its limit: the
+                // client learns why (413), not a 502.
+                if admitted.body_too_large() {
+                    state
+                        .policy
+                        .refusals
+                        .count("request_limits", "body_too_large");
+                    flag = Some(Flag::RequestTooLarge);
+                    response = local_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        flag,
+                        "request body too large\n",
+                    );
+                }
+                admitted.decorate(response.headers_mut());
+            }
             upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
             (response, Some(route), flag, Some(upstream))
         }
@@ -393,8 +419,8 @@ pub async fn handle(
     (response, log)
 }
 
-/// Routes the request and applies the request filters.
-fn plan(
+/// Routes the request, runs its route's policy, and applies the request filters.
+async fn plan(
     request: Request<ClientBody>,
     conn: &ConnInfo,
     snapshot: &Snapshot,
@@ -457,6 +483,43 @@ fn plan(
         return Plan::local(StatusCode::NOT_FOUND, Flag::NoRoute, "no route\n", None);
     };
     let route = found.route.clone();
+    let prefix = found.prefix;
+
+    let attached = listener.policy(&route);
+    let mut admitted = None;
+    let mut body = body;
+    if let Some(attached) = attached {
+        let client = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map_or(conn.peer.ip(), |c| c.0);
+        let checked = attached
+            .policy
+            .check(
+                PolicyRequest {
+                    method: &parts.method,
+                    headers: &mut parts.headers,
+                    query,
+                    body: &mut body,
+                    client,
+                },
+                &conn.state.policy.refusals,
+            )
+            .await;
+        match checked {
+            Ok(a) => admitted = Some(Box::new(a)),
+            Err(Refused { response, flag }) => {
+                return Plan::Local {
+                    response,
+                    route: Some(route),
+                    flag,
+                }
+            }
+        }
+    }
+    let settings = attached
+        .and_then(|a| a.upstream.clone())
+        .unwrap_or_else(|| route.upstream.clone());
 
     if let Some(redirect) = &route.redirect {
         let location = redirect.location(&RedirectInput {
@@ -465,7 +528,7 @@ fn plan(
             listener_port: conn.listener_port,
             path: &path,
             query,
-            prefix: found.prefix,
+            prefix,
         });
         let mut response = redirect_response(redirect.status, &location);
         if let Some(modifier) = &route.response_headers {
@@ -493,7 +556,7 @@ fn plan(
     // The upstream target: the rewritten or normalised path, the query unchanged.
     let rewrite = route.rewrite.as_ref().and_then(|r| r.path.as_ref());
     let new_path = match (rewrite, path) {
-        (Some(modifier), path) => Some(modifier.apply(&path, found.prefix)),
+        (Some(modifier), path) => Some(modifier.apply(&path, prefix)),
         (None, Cow::Owned(normalised)) => Some(normalised),
         (None, Cow::Borrowed(_)) => None,
     };
@@ -553,6 +616,8 @@ fn plan(
     Plan::Forward {
         request: Request::from_parts(parts, body),
         route,
+        settings,
+        admitted,
         upstream,
         endpoint,
         h2,
@@ -623,7 +688,7 @@ enum RequestBody {
 }
 
 /// Keeps the body when it is known to be at most [`retry::MAX_BUFFERED_BODY`] bytes.
-async fn keep_body(body: ClientBody) -> Result<RequestBody, hyper::Error> {
+async fn keep_body(body: ClientBody) -> Result<RequestBody, BoxError> {
     if body.is_end_stream() {
         return Ok(RequestBody::Kept(Bytes::new()));
     }
@@ -765,6 +830,7 @@ async fn forward(
     state: &Arc<State>,
     request: Request<ClientBody>,
     route: &Route,
+    settings: &UpstreamSettings,
     endpoint: Arc<Endpoint>,
     h2: bool,
 ) -> (Response<ProxyBody>, Option<Flag>, SocketAddr) {
@@ -774,10 +840,10 @@ async fn forward(
     } else {
         &state.upstream
     };
-    let policy = route.retry.as_ref().filter(|p| p.attempts > 0);
+    let policy = settings.retry.as_ref().filter(|p| p.attempts > 0);
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());
     if policy.is_none() && mirror.is_none() {
-        let outcome = attempt(client, request.map(Either::Left), route.timeout).await;
+        let outcome = attempt(client, request.map(Either::Left), settings.timeout).await;
         endpoint.report(outcome.failed(), &state.metrics);
         let (response, flag) = finish(outcome, route, upstream);
         return (response, flag, upstream);
@@ -810,7 +876,7 @@ async fn forward(
                 RequestBody::Kept(bytes) => Either::Right(Full::new(bytes)),
                 RequestBody::Streamed(incoming) => Either::Left(incoming),
             };
-            let outcome = attempt(client, Request::from_parts(parts, body), route.timeout).await;
+            let outcome = attempt(client, Request::from_parts(parts, body), settings.timeout).await;
             endpoint.report(outcome.failed(), &state.metrics);
             let (response, flag) = finish(outcome, route, upstream);
             return (response, flag, upstream);
@@ -859,7 +925,7 @@ async fn forward(
             request = next;
         }
     };
-    let result = match route.request_timeout {
+    let result = match settings.request_timeout {
         Some(limit) => tokio::time::timeout(limit, attempts).await.ok(),
         None => Some(attempts.await),
     };

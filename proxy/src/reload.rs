@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use meshgate_crds::manifests::{load_dir, Manifests};
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
 use crate::snapshot::{compile, GatewayRef, Snapshot};
 use crate::state::State;
 use crate::Error;
@@ -38,9 +37,15 @@ pub fn load_snapshot(
     dir: &Path,
     gateway: Option<&GatewayRef>,
     version: u64,
-    metrics: &Metrics,
+    state: &State,
 ) -> Result<Snapshot, Error> {
-    compile(&load_manifests(dir)?, gateway, version, metrics)
+    compile(
+        &load_manifests(dir)?,
+        gateway,
+        version,
+        &state.metrics,
+        &state.policy,
+    )
 }
 
 /// Publishes `snapshot` and logs what changed.
@@ -158,12 +163,7 @@ pub async fn watch_dir(
         let version = state.snapshot.load().version + 1;
         let (load_dir, load_gateway, load_state) = (dir.clone(), gateway.clone(), state.clone());
         let result = tokio::task::spawn_blocking(move || {
-            load_snapshot(
-                &load_dir,
-                load_gateway.as_ref(),
-                version,
-                &load_state.metrics,
-            )
+            load_snapshot(&load_dir, load_gateway.as_ref(), version, &load_state)
         })
         .await
         .unwrap_or_else(|e| Err(Error::Config(format!("compile task failed: {e}"))));

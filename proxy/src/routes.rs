@@ -19,6 +19,8 @@ use crate::routing::{HeaderRule, MatchRule, PathRule, QueryRule, ValueRule};
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the ApiGateway's `routes` (indexes per-listener policies).
+    pub id: usize,
     pub name: String,
     /// Listener names; empty means all.
     pub listeners: Vec<String>,
@@ -30,16 +32,53 @@ pub struct Route {
     pub rewrite: Option<UrlRewrite>,
     pub redirect: Option<Redirect>,
     pub backends: Backends,
+    /// Timeouts and retries (an ApiPolicy may override them per listener).
+    pub upstream: Arc<UpstreamSettings>,
+    pub mirror: Option<Mirror>,
+    pub counters: Arc<RouteCounters>,
+    /// Filter kinds in use, for `/config`.
+    pub filters: Vec<&'static str>,
+}
+
+/// Timeouts and retries of requests sent upstream.
+#[derive(Debug, Default)]
+pub struct UpstreamSettings {
     /// The shorter of `timeouts.request` and `timeouts.backendRequest`: the timeout
     /// of a request that is not retried.
     pub timeout: Option<Duration>,
     /// `timeouts.request`: the whole request, retries included.
     pub request_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
-    pub mirror: Option<Mirror>,
-    pub counters: Arc<RouteCounters>,
-    /// Filter kinds in use, for `/config`.
-    pub filters: Vec<&'static str>,
+}
+
+impl UpstreamSettings {
+    /// Compiles route (or ApiPolicy) `timeouts` and `retry`.
+    pub fn compile(
+        timeouts: Option<&api::RouteTimeouts>,
+        retry: Option<&api::Retry>,
+    ) -> Result<UpstreamSettings, String> {
+        // A zero duration disables the timeout (Gateway API).
+        let timeout_of = |d: Option<&meshgate_crds::Duration>| -> Result<Option<Duration>, String> {
+            Ok(d.map(|d| d.to_std().map_err(|e| e.to_string()))
+                .transpose()?
+                .filter(|d| !d.is_zero()))
+        };
+        let request_timeout = timeout_of(timeouts.and_then(|t| t.request.as_ref()))?;
+        let backend_timeout = timeout_of(timeouts.and_then(|t| t.backend_request.as_ref()))?;
+        let timeout = match (request_timeout, backend_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let retry = retry
+            .map(|r| RetryPolicy::compile(r, backend_timeout))
+            .transpose()
+            .map_err(|e| format!("retry: {e}"))?;
+        Ok(UpstreamSettings {
+            timeout,
+            request_timeout,
+            retry,
+        })
+    }
 }
 
 /// What compiling a route needs from the rest of the gateway.
@@ -249,31 +288,10 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         return Err("every backendRef has weight 0".to_string());
     }
 
-    // A zero duration disables the timeout (Gateway API).
-    let timeout_of = |d: Option<&meshgate_crds::Duration>| -> Result<Option<Duration>, String> {
-        Ok(d.map(|d| d.to_std().map_err(|e| e.to_string()))
-            .transpose()?
-            .filter(|d| !d.is_zero()))
-    };
-    let request_timeout = timeout_of(route.timeouts.as_ref().and_then(|t| t.request.as_ref()))?;
-    let backend_timeout = timeout_of(
-        route
-            .timeouts
-            .as_ref()
-            .and_then(|t| t.backend_request.as_ref()),
-    )?;
-    let timeout = match (request_timeout, backend_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let retry = route
-        .retry
-        .as_ref()
-        .map(|r| RetryPolicy::compile(r, backend_timeout))
-        .transpose()
-        .map_err(|e| format!("retry: {e}"))?;
+    let upstream = UpstreamSettings::compile(route.timeouts.as_ref(), route.retry.as_ref())?;
 
     let compiled = Route {
+        id: 0,
         name: route.name.clone(),
         listeners: route.listeners.clone(),
         hostnames: route
@@ -287,9 +305,7 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         rewrite,
         redirect,
         backends,
-        timeout,
-        request_timeout,
-        retry,
+        upstream: Arc::new(upstream),
         mirror,
         counters: cx.metrics.route(&route.name),
         filters,

@@ -125,7 +125,7 @@ impl Running {
                 let (dir, gw, st) = (dir.clone(), gateway.clone(), state.clone());
                 tokio::task::spawn_blocking(move || {
                     let fp = reload::fingerprint(&dir);
-                    (fp, reload::load_snapshot(&dir, gw.as_ref(), 1, &st.metrics))
+                    (fp, reload::load_snapshot(&dir, gw.as_ref(), 1, &st))
                 })
                 .await
                 .map_err(|e| Error::Config(e.to_string()))
@@ -135,7 +135,9 @@ impl Running {
                 })
                 .map(Some)
             }
-            Source::Manifests(m) => compile(m, gateway.as_ref(), 1, &state.metrics).map(Some),
+            Source::Manifests(m) => {
+                compile(m, gateway.as_ref(), 1, &state.metrics, &state.policy).map(Some)
+            }
             Source::Cluster(source) => {
                 // The watcher publishes snapshots itself; wait for the first one.
                 let (applied, mut applied_rx) = watch::channel(0u64);

@@ -6,12 +6,13 @@
 //! only problems that leave no sensible gateway (no ApiGateway, bad listeners) fail
 //! the whole compile.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use meshgate_crds::attachment;
 use meshgate_crds::gateway::{ListenerProtocol, TlsVersion};
 use meshgate_crds::manifests::Manifests;
 use meshgate_crds::ApiGateway;
@@ -20,7 +21,8 @@ use serde_json::{json, Value};
 
 use crate::backends::{namespace_of, ServiceIndex};
 use crate::metrics::Metrics;
-use crate::routes::{self, Route};
+use crate::policy::{PolicyContext, PolicyRuntime, RoutePolicy, SecretLookup};
+use crate::routes::{self, Route, UpstreamSettings};
 use crate::routing::{PathRule, RouteTable};
 use crate::state::BoundListener;
 use crate::tls::{self, CertStore};
@@ -109,6 +111,14 @@ pub struct HttpsRedirect {
     pub status: StatusCode,
 }
 
+/// The policy a route meets on a listener, with the upstream settings it implies.
+#[derive(Debug)]
+pub struct AttachedPolicy {
+    pub policy: Arc<RoutePolicy>,
+    /// The route's timeouts and retries with the policy's overrides; `None`: the route's own.
+    pub upstream: Option<Arc<UpstreamSettings>>,
+}
+
 #[derive(Debug)]
 pub struct Listener {
     pub name: String,
@@ -118,6 +128,14 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     pub https_redirect: Option<HttpsRedirect>,
     pub routes: RouteTable,
+    /// By route id ([`Route::id`]): the policy of each route with one.
+    pub policies: Vec<Option<AttachedPolicy>>,
+}
+
+impl Listener {
+    pub fn policy(&self, route: &Route) -> Option<&AttachedPolicy> {
+        self.policies.get(route.id).and_then(Option::as_ref)
+    }
 }
 
 #[derive(Debug)]
@@ -171,6 +189,9 @@ impl Snapshot {
                     "httpsRedirect": l.https_redirect.map(|r| json!({"port": r.port, "statusCode": r.status.as_u16()})),
                     "certificates": l.tls.as_ref().map(|t| &t.certs.summary),
                     "routes": l.routes.attached,
+                    "policies": self.routes.iter().filter_map(|r| {
+                        l.policy(r).map(|p| (r.name.clone(), json!(p.policy.sources)))
+                    }).collect::<serde_json::Map<String, Value>>(),
                 })
             })
             .collect();
@@ -196,7 +217,7 @@ impl Snapshot {
                         })
                     }).collect::<Vec<_>>(),
                     "filters": r.filters,
-                    "timeoutMs": r.timeout.map(|t| t.as_millis() as u64),
+                    "timeoutMs": r.upstream.timeout.map(|t| t.as_millis() as u64),
                     "backends": r.backends.iter().map(|b| json!({
                         "name": b.name,
                         "weight": b.weight,
@@ -299,6 +320,7 @@ pub fn compile(
     selector: Option<&GatewayRef>,
     version: u64,
     metrics: &Metrics,
+    policy: &PolicyRuntime,
 ) -> Result<Snapshot, Error> {
     let gw = select_gateway(manifests, selector)?;
     let namespace = namespace_of(&gw.metadata);
@@ -339,15 +361,6 @@ pub fn compile(
             .max_connections
             .and_then(|n| usize::try_from(n).ok())
             .map(|n| n.max(1));
-    }
-    if !manifests.policies.is_empty() {
-        warnings.push(ConfigIssue::new(
-            "gateway",
-            format!(
-                "{} ApiPolicy object(s) found; policies are not applied by the proxy yet",
-                manifests.policies.len()
-            ),
-        ));
     }
 
     // Listeners.
@@ -452,6 +465,7 @@ pub fn compile(
             tls,
             https_redirect,
             routes: RouteTable::default(),
+            policies: Vec::new(),
         });
     }
 
@@ -466,14 +480,15 @@ pub fn compile(
     };
     let mut seen = HashSet::new();
     let mut compiled: Vec<Arc<Route>> = Vec::with_capacity(spec.routes.len());
-    for r in &spec.routes {
+    for (id, r) in spec.routes.iter().enumerate() {
         let object = format!("route/{}", r.name);
         if !seen.insert(r.name.as_str()) {
             errors.push(ConfigIssue::new(object, "duplicate route name; left out"));
             continue;
         }
         match routes::compile(r, &cx) {
-            Ok((route, route_warnings)) => {
+            Ok((mut route, route_warnings)) => {
+                route.id = id;
                 warnings.extend(
                     route_warnings
                         .into_iter()
@@ -500,6 +515,15 @@ pub fn compile(
         keep
     });
 
+    attach_policies(
+        manifests,
+        gw,
+        &mut listeners,
+        &compiled,
+        policy,
+        &mut errors,
+    );
+
     let (mesh, mesh_errors) = crate::mesh::compile(spec.mesh.as_ref(), namespace, &compiled);
     errors.extend(
         mesh_errors
@@ -517,6 +541,133 @@ pub fn compile(
         client,
         mesh,
     })
+}
+
+/// Compiles the effective policy of every (listener, route) pair into
+/// `listener.policies`. Pairs with the same effective policy and rate-limit
+/// scope share one compiled policy (and so its buckets).
+fn attach_policies(
+    manifests: &Manifests,
+    gw: &ApiGateway,
+    listeners: &mut [Listener],
+    routes: &[Arc<Route>],
+    runtime: &PolicyRuntime,
+    errors: &mut Vec<ConfigIssue>,
+) {
+    let namespace = namespace_of(&gw.metadata);
+    let gw_name = gw.metadata.name.as_deref().unwrap_or_default();
+    let policies: Vec<meshgate_crds::ApiPolicy> = manifests
+        .policies
+        .iter()
+        .filter(|p| namespace_of(&p.metadata) == namespace)
+        .cloned()
+        .collect();
+    if policies.is_empty() {
+        return;
+    }
+    let secrets = SecretLookup::new(manifests);
+    let cx = PolicyContext {
+        namespace,
+        secrets: &secrets,
+        runtime,
+    };
+    let mut compiled: HashMap<String, Arc<RoutePolicy>> = HashMap::new();
+    let mut reported = HashSet::new();
+    let size = routes.iter().map(|r| r.id + 1).max().unwrap_or(0);
+    for l in listeners.iter_mut() {
+        l.policies = (0..size).map(|_| None).collect();
+        for route in routes
+            .iter()
+            .filter(|r| l.routes.attached.contains(&r.name))
+        {
+            let effective = match attachment::effective(&policies, gw_name, &l.name, &route.name) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    errors.push(ConfigIssue::new(format!("route/{}", route.name), e));
+                    continue;
+                }
+            };
+            let scope = rate_limit_scope(&policies, gw_name, &l.name, &route.name);
+            let key = format!(
+                "{}|{scope}",
+                serde_json::to_string(&effective.spec).unwrap_or_default()
+            );
+            let policy = compiled
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(
+                        RoutePolicy::compile(&effective, &scope, &cx).unwrap_or_else(|why| {
+                            if reported.insert(effective.sources.clone()) {
+                                errors.push(ConfigIssue::new(
+                                    format!("policy/{}", effective.sources.join("+")),
+                                    format!("{why}; the routes it applies to answer 500 until it is fixed"),
+                                ));
+                            }
+                            RoutePolicy::broken(effective.sources.clone(), why)
+                        }),
+                    )
+                })
+                .clone();
+            let upstream = if policy.timeouts.is_some() || policy.retry.is_some() {
+                let spec = gw.spec.routes.get(route.id);
+                let timeouts = policy
+                    .timeouts
+                    .as_ref()
+                    .or(spec.and_then(|s| s.timeouts.as_ref()));
+                let retry = policy
+                    .retry
+                    .as_ref()
+                    .or(spec.and_then(|s| s.retry.as_ref()));
+                match UpstreamSettings::compile(timeouts, retry) {
+                    Ok(u) => Some(Arc::new(u)),
+                    Err(e) => {
+                        errors.push(ConfigIssue::new(
+                            format!("policy/{}", policy.sources.join("+")),
+                            format!(
+                                "timeouts/retry for route {}: {e}; using the route's own",
+                                route.name
+                            ),
+                        ));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            l.policies[route.id] = Some(AttachedPolicy { policy, upstream });
+        }
+    }
+}
+
+/// Where the rate limit of a pair's effective policy is attached: the most
+/// specific winning policy that sets `rateLimit`, and its target. A `Route`-keyed
+/// limit on the whole gateway is then one bucket for all its routes.
+fn rate_limit_scope(
+    policies: &[meshgate_crds::ApiPolicy],
+    gw: &str,
+    listener: &str,
+    route: &str,
+) -> String {
+    let targets = [
+        (Some(route), "route"),
+        (Some(listener), "listener"),
+        (None, "gateway"),
+    ];
+    for (section, level) in targets {
+        let target = (gw.to_string(), section.map(str::to_string));
+        if let Some(p) =
+            attachment::winner(policies, &target).filter(|p| p.spec.rate_limit.is_some())
+        {
+            return format!(
+                "{}/{}@{level}/{}",
+                namespace_of(&p.metadata),
+                p.metadata.name.as_deref().unwrap_or_default(),
+                section.unwrap_or(gw)
+            );
+        }
+    }
+    String::new()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::access_log::AccessLog;
 use crate::mesh::MeshTargets;
 use crate::metrics::Metrics;
+use crate::policy::PolicyRuntime;
 use crate::snapshot::Snapshot;
 use crate::upstream::{MeshRuntime, UpstreamConnector};
 
@@ -22,8 +23,9 @@ use crate::upstream::{MeshRuntime, UpstreamConnector};
 /// for retries and mirrors).
 pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
 
-/// A request body from a client, counted for the access log.
-pub type ClientBody = crate::access_log::CountedBody<Incoming>;
+/// A request body from a client, counted for the access log, and limited when a
+/// policy sets `maxBodyBytes`.
+pub type ClientBody = crate::policy::limits::LimitedBody<crate::access_log::CountedBody<Incoming>>;
 
 /// A pooled upstream client: HTTP/1.1 with keep-alive, or HTTP/2; over plain TCP,
 /// or mesh mTLS for the endpoints of an Istio-mode gateway (see [`crate::upstream`]).
@@ -58,6 +60,8 @@ pub struct State {
     pub access_log: AccessLog,
     /// `clientTraffic.maxConnections` of the first snapshot, over all listeners.
     pub connection_limit: OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// JWKS caches, rate-limit buckets and refusal counts, kept across reloads.
+    pub policy: PolicyRuntime,
 }
 
 impl State {
@@ -98,6 +102,7 @@ impl State {
             connector,
             access_log,
             connection_limit: OnceLock::new(),
+            policy: PolicyRuntime::new(crate::policy::system_roots()),
         })
     }
 }

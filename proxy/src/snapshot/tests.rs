@@ -26,10 +26,14 @@ fn gateway(listeners: &str, routes: &str) -> String {
     )
 }
 
+fn policies() -> crate::policy::PolicyRuntime {
+    crate::policy::PolicyRuntime::new(rustls::RootCertStore::empty())
+}
+
 fn compile_yaml(yaml: &str) -> Result<Snapshot, Error> {
     let loaded = meshgate_crds::manifests::load_str("test", yaml);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    compile(&loaded.manifests, None, 1, &Metrics::default())
+    compile(&loaded.manifests, None, 1, &Metrics::default(), &policies())
 }
 
 /// The name of the route `listener` picks for a request.
@@ -287,15 +291,23 @@ fn gateway_selection() {
     );
     let loaded = meshgate_crds::manifests::load_str("test", &two);
     let m = &loaded.manifests;
-    let err = compile(m, None, 1, &Metrics::default())
+    let err = compile(m, None, 1, &Metrics::default(), &policies())
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("2 ApiGateways found (test/gw, prod/other)"),
         "{err}"
     );
-    let pick =
-        |s: &str| compile(m, Some(&s.parse().unwrap()), 1, &Metrics::default()).map(|s| s.gateway);
+    let pick = |s: &str| {
+        compile(
+            m,
+            Some(&s.parse().unwrap()),
+            1,
+            &Metrics::default(),
+            &policies(),
+        )
+        .map(|s| s.gateway)
+    };
     assert_eq!(pick("prod/other").unwrap(), "prod/other");
     assert_eq!(pick("gw").unwrap(), "test/gw");
     assert!(pick("prod/gw")
