@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
-use meshgate_crds::ApiGateway;
+use meshgate_crds::{ApiGateway, ApiPolicy};
 use meshgate_kind_tests::{client, install_crds, TestNamespace, FIELD_MANAGER};
 use meshgate_proxy::cluster::ClusterSource;
 use meshgate_proxy::demo::spawn_echo;
@@ -87,6 +87,28 @@ async fn time_until(
     None
 }
 
+/// The proxy in cluster mode for ApiGateway `ns/edge`, listener `http` on a free
+/// loopback port, endpoints at the stand-in address dialled on 127.0.0.1.
+async fn start_proxy(client: &kube::Client, ns: &str) -> Running {
+    let gateway_ref: GatewayRef = format!("{ns}/edge").parse().expect("ref");
+    let mut source = ClusterSource::new(client.clone(), &gateway_ref);
+    source.address_map = Some(HashMap::from([(
+        IpAddr::V4(STAND_IN),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )]));
+    let mut options = Options::new(Source::Cluster(source));
+    options.gateway = Some(gateway_ref);
+    options.admin = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    options.listen = HashMap::from([(
+        "http".to_string(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    )]);
+    tokio::time::timeout(Duration::from_secs(30), Running::start(options))
+        .await
+        .expect("first snapshot within 30s")
+        .expect("proxy starts")
+}
+
 #[tokio::test]
 async fn proxy_follows_the_cluster() {
     let client = client().await.expect("cluster");
@@ -112,23 +134,7 @@ async fn proxy_follows_the_cluster() {
         .await
         .expect("create EndpointSlice");
 
-    let gateway_ref: GatewayRef = format!("{}/edge", ns.name).parse().expect("ref");
-    let mut source = ClusterSource::new(client.clone(), &gateway_ref);
-    source.address_map = Some(HashMap::from([(
-        IpAddr::V4(STAND_IN),
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-    )]));
-    let mut options = Options::new(Source::Cluster(source));
-    options.gateway = Some(gateway_ref);
-    options.admin = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-    options.listen = HashMap::from([(
-        "http".to_string(),
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-    )]);
-    let running = tokio::time::timeout(Duration::from_secs(30), Running::start(options))
-        .await
-        .expect("first snapshot within 30s")
-        .expect("proxy starts");
+    let running = start_proxy(&client, &ns.name).await;
     let addr = running.listener_addr("http").expect("bound");
     let admin = running.admin_addr().expect("admin");
     let ready = meshgate_proxy::client::get(admin, "admin", "/ready")
@@ -236,6 +242,117 @@ async fn proxy_follows_the_cluster() {
         .expect("JSON");
     let errors = config["errors"].to_string();
     assert!(errors.contains("missing"), "{errors}");
+
+    running.shutdown(Duration::from_secs(5)).await;
+    ns.delete().await.expect("delete namespace");
+}
+
+/// An ApiPolicy with API keys from a Secret, enforced by the proxy in cluster
+/// mode: a rotated key is picked up live, a deleted Secret fails the route closed.
+#[tokio::test]
+async fn proxy_enforces_policies_from_the_cluster() {
+    let client = client().await.expect("cluster");
+    install_crds(&client).await.expect("CRDs install");
+    let ns = TestNamespace::create(&client, "policy")
+        .await
+        .expect("namespace");
+    let echo = spawn_echo("a").await.expect("echo");
+    let pp = PostParams::default();
+    Api::<ApiGateway>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &gateway(&ns.name, "/v1"))
+        .await
+        .expect("create ApiGateway");
+    Api::<Service>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &service(&ns.name))
+        .await
+        .expect("create Service");
+    Api::<EndpointSlice>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &slice(&ns.name, echo.port(), &[STAND_IN]))
+        .await
+        .expect("create EndpointSlice");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let keys = |key: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "keys", "namespace": ns.name},
+            "stringData": {"acme": key},
+        }))
+        .expect("Secret")
+    };
+    secrets
+        .create(&pp, &keys("first-key"))
+        .await
+        .expect("create Secret");
+    let policy: ApiPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "meshgate.io/v1alpha1", "kind": "ApiPolicy",
+        "metadata": {"name": "keys", "namespace": ns.name},
+        "spec": {
+            "targetRefs": [{"group": "meshgate.io", "kind": "ApiGateway", "name": "edge", "sectionName": "echo"}],
+            "authentication": {"apiKey": {
+                "credentialRefs": [{"name": "keys"}],
+                "extractFrom": [{"headers": ["x-api-key"]}],
+                "forwardClientIDHeader": "x-consumer",
+            }},
+        },
+    }))
+    .expect("ApiPolicy");
+    Api::<ApiPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &policy)
+        .await
+        .expect("create ApiPolicy");
+
+    let running = start_proxy(&client, &ns.name).await;
+    let addr = running.listener_addr("http").expect("bound");
+    let with_key = |key: &'static str| async move {
+        let request = http::Request::get("/v1/x")
+            .header("host", "a.test")
+            .header("x-api-key", key)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        meshgate_proxy::client::send(addr, request, None).await
+    };
+    // The policy may arrive a moment after the gateway: wait for the first 401.
+    time_until(addr, "/v1/x", Duration::from_secs(5), |r| r.status == 401)
+        .await
+        .expect("requests without a key are refused");
+    let reply = with_key("first-key").await.expect("request");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json().expect("echo JSON")["headers"]["x-consumer"],
+        "acme"
+    );
+
+    // Rotating the key in the Secret takes effect without a restart.
+    let rotated = Instant::now();
+    secrets
+        .patch(
+            "keys",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&keys("second-key")),
+        )
+        .await
+        .expect("rotate key");
+    let mut took = None;
+    while rotated.elapsed() < Duration::from_secs(5) {
+        if with_key("second-key").await.is_ok_and(|r| r.status == 200) {
+            took = Some(rotated.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = took.expect("the new key is accepted");
+    eprintln!("API key rotation applied after {took:?}");
+    assert_eq!(with_key("first-key").await.expect("request").status, 401);
+
+    // Without its Secret the policy cannot be applied: the route fails closed.
+    secrets
+        .delete("keys", &Default::default())
+        .await
+        .expect("delete Secret");
+    time_until(addr, "/v1/x", Duration::from_secs(5), |r| r.status == 500)
+        .await
+        .expect("route fails closed without the Secret");
+    assert_eq!(with_key("second-key").await.expect("request").status, 500);
 
     running.shutdown(Duration::from_secs(5)).await;
     ns.delete().await.expect("delete namespace");
