@@ -13,10 +13,12 @@ log() { printf '[run-tests] %s\n' "$*"; }
 
 command -v cargo >/dev/null || { echo "run-tests: cargo not found; install Rust (rustup)" >&2; exit 1; }
 
+# First: the proxy's global rate-limit tests run a real redis-server.
+bash kind-tests/scripts/install-deps.sh
+
 log "unit and integration tests"
 cargo test --workspace --locked --exclude meshgate-kind-tests
 
-bash kind-tests/scripts/install-deps.sh
 if [[ "${MESHGATE_USE_CLUSTER:-0}" != 1 ]]; then
   log "building the control-plane binaries (cached under ~/.cache/meshgate)"
   bash kind-tests/scripts/build-tools.sh

@@ -2,6 +2,9 @@
 //! proxy started on 127.0.0.1 with every listener on a free port.
 #![allow(dead_code)]
 
+pub mod keys;
+pub mod redis;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
