@@ -44,6 +44,13 @@ struct Cli {
     /// Address the gateway listeners bind to, each on its manifest port.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     bind_ip: IpAddr,
+    /// Extra CA certificates (PEM) trusted for remote JWKS URIs, besides the
+    /// system's (`SSL_CERT_FILE`/`SSL_CERT_DIR` are honoured too).
+    #[arg(long, value_name = "FILE")]
+    jwks_ca_file: Option<PathBuf>,
+    /// Worker threads of the runtime (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
     #[command(flatten)]
     mesh: IdentityArgs,
 }
@@ -158,6 +165,9 @@ async fn run(cli: Cli) -> Result<ExitCode, meshgate_proxy::Error> {
             options.admin = Some(cli.admin);
             options.bind_ip = cli.bind_ip;
             options.listen = cli.listen.into_iter().collect();
+            if let Some(file) = &cli.jwks_ca_file {
+                options.jwks_roots = meshgate_proxy::tls::read_pem_certs(file)?;
+            }
             // Cluster mode waits for its first configuration; a signal ends the wait.
             let running = tokio::select! {
                 running = Running::start(options) => running?,
@@ -182,10 +192,11 @@ fn main() -> ExitCode {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("meshgate-proxy: starting the runtime: {e}");

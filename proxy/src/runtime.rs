@@ -49,6 +49,8 @@ pub struct Options {
     pub identity: Option<IdentityManager>,
     /// Where access log lines go (stdout by default).
     pub access_log: crate::access_log::AccessLog,
+    /// CA certificates trusted for remote JWKS besides the system's.
+    pub jwks_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Options {
@@ -63,6 +65,7 @@ impl Options {
             mesh: MeshRuntime::default(),
             identity: None,
             access_log: Default::default(),
+            jwks_roots: Vec::new(),
         }
     }
 }
@@ -87,7 +90,10 @@ impl Running {
         if let (None, Some(manager)) = (&mesh.identity, &identity) {
             mesh.identity = Some(manager.watch.clone());
         }
-        let state = State::build(mesh, options.access_log.clone());
+        let mut roots = crate::policy::jwt::JwksRegistry::system_roots();
+        roots.add_parsable_certificates(options.jwks_roots.iter().cloned());
+        let policy = crate::policy::PolicyRuntime::new(roots);
+        let state = State::build(mesh, options.access_log.clone(), policy);
         if let Some(manager) = &identity {
             let _ = state.metrics.identity.set(manager.metrics.clone());
         }

@@ -71,10 +71,14 @@ impl State {
     }
 
     pub fn with_mesh(mesh: MeshRuntime) -> Arc<State> {
-        State::build(mesh, AccessLog::default())
+        State::build(
+            mesh,
+            AccessLog::default(),
+            PolicyRuntime::new(rustls::RootCertStore::empty()),
+        )
     }
 
-    pub fn build(mesh: MeshRuntime, access_log: AccessLog) -> Arc<State> {
+    pub fn build(mesh: MeshRuntime, access_log: AccessLog, policy: PolicyRuntime) -> Arc<State> {
         let mesh_targets = Arc::new(ArcSwap::from_pointee(MeshTargets::new()));
         let connector = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), false);
         let connector_h2 = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), true);
@@ -102,7 +106,7 @@ impl State {
             connector,
             access_log,
             connection_limit: OnceLock::new(),
-            policy: PolicyRuntime::new(crate::policy::system_roots()),
+            policy,
         })
     }
 }

@@ -170,6 +170,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The certificates of a PEM file (a CA bundle).
+pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,3 +242,4 @@ mod tests {
         assert!(load_secret(&garbage).is_err());
     }
 }
+

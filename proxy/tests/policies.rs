@@ -460,3 +460,236 @@ async fn policy_timeouts_override_the_route() {
         StatusCode::OK
     );
 }
+
+// ---------------------------------------------------------------- JWT
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(key: &common::keys::TestKey, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap()
+}
+
+fn jwt_policy(key: &common::keys::TestKey, extra: &str) -> String {
+    let jwks = serde_json::json!({"keys": [key.jwk]}).to_string();
+    policy(
+        "jwt",
+        Some("api"),
+        &format!(
+            "  authentication:\n    jwt:\n      providers:\n      - name: idp\n        issuer: https://idp.test\n        audiences: [api]\n        localJWKS: {{type: Inline, inline: '{jwks}'}}\n        claimToHeaders: [{{header: x-user, claim: sub}}]\n        requiredClaims: [{{name: scope, values: [read]}}]\n{extra}"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn jwt_through_the_proxy() {
+    let key = common::keys::ec_key("k1");
+    let other = common::keys::ec_key("k1");
+    let (proxy, addr) = setup(&jwt_policy(&key, ""), None).await;
+    let good = serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "scope": "read write", "exp": now() + 600});
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let r = send_with(addr, "GET", "/api", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(header(&r, "www-authenticate"), Some("Bearer"));
+    // Valid: the claim reaches the backend; a forged x-user is replaced.
+    let t = token(&key, good.clone());
+    let r = send_with(
+        addr,
+        "GET",
+        "/api",
+        &[("authorization", &bearer(&t)), ("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json().unwrap()["headers"]["x-user"], "alice");
+    // Invalid: expired, wrong audience, signed by another key with the same kid.
+    let mut expired = good.clone();
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = serde_json::json!("other");
+    for t in [
+        token(&key, expired),
+        token(&key, wrong_aud),
+        token(&other, good.clone()),
+    ] {
+        let r = send_with(addr, "GET", "/api", &[("authorization", &bearer(&t))]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(header(&r, "x-meshgate-flags"), Some("UAEX"));
+    }
+    // Valid but without the required scope: 403.
+    let mut no_scope = good.clone();
+    no_scope["scope"] = serde_json::json!("write");
+    let r = send_with(
+        addr,
+        "GET",
+        "/api",
+        &[("authorization", &bearer(&token(&key, no_scope)))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The route without the policy ignores tokens; a forged x-user passes there
+    // untouched (no policy, no claim headers).
+    assert_eq!(
+        send_with(addr, "GET", "/open", &[]).await.status,
+        StatusCode::OK
+    );
+    let expired = metric(
+        &proxy,
+        "meshgate_policy_refusals_total{check=\"jwt\",reason=\"expired\"}",
+    )
+    .await;
+    assert_eq!(expired, Some(1.0));
+}
+
+// ---------------------------------------------------------------- rate limits
+
+#[tokio::test]
+async fn local_rate_limit_is_exact_and_answers_429() {
+    let key = common::keys::ec_key("k1");
+    // Per user (claim): 3 per hour, and per route: 1000 per hour.
+    let p = jwt_policy(
+        &key,
+        "  rateLimit:\n    rules:\n    - {name: per-user, key: {type: Claim, name: sub}, limit: {requests: 3, unit: Hour}}\n    - {name: route, key: {type: Route}, limit: {requests: 1000, unit: Hour}}\n",
+    );
+    let (proxy, addr) = setup(&p, None).await;
+    let claims = |sub: &str| serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": sub, "scope": "read", "exp": now() + 600});
+    let alice = format!("Bearer {}", token(&key, claims("alice")));
+    let bob = format!("Bearer {}", token(&key, claims("bob")));
+    for i in 0..3 {
+        let r = send_with(addr, "GET", "/api", &[("authorization", &alice)]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(
+            header(&r, "ratelimit-remaining"),
+            Some(&*(2 - i).to_string())
+        );
+    }
+    let r = send_with(addr, "GET", "/api", &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&r, "x-meshgate-flags"), Some("RL"));
+    assert_eq!(header(&r, "ratelimit-limit"), Some("3"));
+    assert_eq!(header(&r, "ratelimit-remaining"), Some("0"));
+    let retry_after: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=1200).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    assert!(header(&r, "ratelimit-policy")
+        .unwrap()
+        .starts_with("3;w=3600"));
+    // Another user has a bucket of their own.
+    assert_eq!(
+        send_with(addr, "GET", "/api", &[("authorization", &bob)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_rate_limit_decisions_total{decision=\"limited\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_rate_limit_decisions_total{decision=\"allowed\"}"
+        )
+        .await,
+        Some(4.0)
+    );
+}
+
+fn global_policy(redis_port: u16, mode: &str, requests: u32) -> String {
+    policy(
+        "global",
+        Some("api"),
+        &format!("  rateLimit:\n    type: Global\n    global: {{redisUrl: \"redis://127.0.0.1:{redis_port}\", failureMode: {mode}}}\n    rules:\n    - {{key: {{type: Route}}, limit: {{requests: {requests}, unit: Hour}}}}\n"),
+    )
+}
+
+#[tokio::test]
+async fn global_rate_limit_is_shared_by_two_proxies_through_redis() {
+    let redis = common::redis::Redis::start();
+    let p = global_policy(redis.port, "FailOpen", 7);
+    let (proxy_a, a) = setup(&p, None).await;
+    let (proxy_b, b) = setup(&p, None).await;
+    let mut allowed = 0;
+    let mut limited = 0;
+    for i in 0..20 {
+        let addr = if i % 2 == 0 { a } else { b };
+        match send_with(addr, "GET", "/api", &[]).await.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        (allowed, limited),
+        (7, 13),
+        "two proxies share one limit of 7"
+    );
+    drop((proxy_a, proxy_b));
+}
+
+#[tokio::test]
+async fn redis_down_fails_open_or_closed_as_configured() {
+    let mut redis = common::redis::Redis::start();
+    let (open_proxy, open) = setup(&global_policy(redis.port, "FailOpen", 1000), None).await;
+    let (closed_proxy, closed) = setup(&global_policy(redis.port, "FailClosed", 1000), None).await;
+    assert_eq!(
+        send_with(open, "GET", "/api", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_with(closed, "GET", "/api", &[]).await.status,
+        StatusCode::OK
+    );
+
+    redis.kill();
+    for _ in 0..3 {
+        assert_eq!(
+            send_with(open, "GET", "/api", &[]).await.status,
+            StatusCode::OK
+        );
+        let r = send_with(closed, "GET", "/api", &[]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&r, "x-meshgate-flags"), Some("RLSE"));
+    }
+    assert_eq!(
+        metric(
+            &open_proxy,
+            "meshgate_rate_limit_decisions_total{decision=\"fail_open\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &closed_proxy,
+            "meshgate_rate_limit_decisions_total{decision=\"fail_closed\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+
+    // Redis back on the same port: limiting resumes without a restart.
+    redis.restart();
+    let back = eventually(WAIT, || async {
+        send_with(closed, "GET", "/api", &[]).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "the FailClosed proxy did not recover");
+}

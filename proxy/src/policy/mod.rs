@@ -156,6 +156,64 @@ impl PolicyRuntime {
             "Requests refused by an ApiPolicy, by check (jwt, api_key, authorization, rate_limit, ip_filter, cors, request_limits, policy) and reason.",
             &samples,
         );
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let rl = self.rate_limits.stats().snapshot();
+        crate::metrics::family(
+            &mut out,
+            "meshgate_rate_limit_decisions_total",
+            "counter",
+            "Rate-limit decisions: allowed, limited (429), and for Global limits with Redis unreachable fail_open (let through) and fail_closed (503).",
+            &[
+                ("decision=\"allowed\"", n(rl.allowed)),
+                ("decision=\"limited\"", n(rl.limited)),
+                ("decision=\"fail_open\"", n(rl.fail_open_allowed)),
+                ("decision=\"fail_closed\"", n(rl.fail_closed_refused)),
+            ],
+        );
+        crate::metrics::family(
+            &mut out,
+            "meshgate_rate_limit_redis_errors_total",
+            "counter",
+            "Redis calls of Global rate limits that failed or timed out.",
+            &[("", n(rl.redis_errors))],
+        );
+        crate::metrics::family(
+            &mut out,
+            "meshgate_rate_limit_local_buckets",
+            "gauge",
+            "Local rate-limit buckets in memory.",
+            &[("", n(rl.local_buckets))],
+        );
+        crate::metrics::family(
+            &mut out,
+            "meshgate_rate_limit_buckets_evicted_total",
+            "counter",
+            "Local buckets dropped before they were full again because the bucket cap was reached.",
+            &[("", n(rl.buckets_evicted))],
+        );
+        let jwks = self.jwks.stats();
+        let get =
+            |c: &std::sync::atomic::AtomicU64| n(c.load(std::sync::atomic::Ordering::Relaxed));
+        crate::metrics::family(
+            &mut out,
+            "meshgate_jwks_fetches_total",
+            "counter",
+            "Remote JWKS fetches, by result.",
+            &[
+                ("result=\"ok\"", get(&jwks.fetches_ok)),
+                ("result=\"failed\"", get(&jwks.fetches_failed)),
+            ],
+        );
+        crate::metrics::family(
+            &mut out,
+            "meshgate_jwks_unknown_kid_refreshes_total",
+            "counter",
+            "JWKS refreshes triggered by a token with an unknown kid, by whether the cooldown allowed them.",
+            &[
+                ("result=\"refreshed\"", get(&jwks.unknown_kid_refreshes)),
+                ("result=\"throttled\"", get(&jwks.unknown_kid_throttled)),
+            ],
+        );
         out
     }
 }
@@ -596,16 +654,4 @@ fn unauthorized(
             .insert(header::WWW_AUTHENTICATE, challenge);
     }
     r
-}
-
-/// The system's trusted CAs (for remote JWKS), honouring `SSL_CERT_FILE` and
-/// `SSL_CERT_DIR`. Certificates that do not parse are skipped.
-pub fn system_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::debug!(error = %e, "reading system CA certificates");
-    }
-    roots.add_parsable_certificates(found.certs);
-    roots
 }
