@@ -242,4 +242,3 @@ mod tests {
         assert!(load_secret(&garbage).is_err());
     }
 }
-

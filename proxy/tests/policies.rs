@@ -620,12 +620,45 @@ fn global_policy(redis_port: u16, mode: &str, requests: u32) -> String {
     )
 }
 
+/// A `meshgate-proxy` process serving `dir` with listener `http` on a free port.
+async fn proxy_process(dir: &TestDir) -> (tokio::process::Child, SocketAddr) {
+    let addr = closed_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshgate-proxy"))
+        .args(["--manifests", dir.path().to_str().unwrap()])
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            &format!("http={addr}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn meshgate-proxy");
+    let up = eventually(WAIT, || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(up, "meshgate-proxy did not listen on {addr}");
+    (child, addr)
+}
+
 #[tokio::test]
-async fn global_rate_limit_is_shared_by_two_proxies_through_redis() {
+async fn global_rate_limit_is_shared_by_two_proxy_processes_through_redis() {
     let redis = common::redis::Redis::start();
-    let p = global_policy(redis.port, "FailOpen", 7);
-    let (proxy_a, a) = setup(&p, None).await;
-    let (proxy_b, b) = setup(&p, None).await;
+    let dir = TestDir::new("global-limit");
+    let echo = spawn_echo("echo").await.unwrap();
+    dir.write("backend.yaml", &service_yaml("echo", echo, true));
+    dir.write(
+        "gateway.yaml",
+        &gateway_yaml(
+            &http_listener("http", 80),
+            &tagged_route("api", "[{path: {value: /api}}]", "echo", ""),
+        ),
+    );
+    dir.write("policy.yaml", &global_policy(redis.port, "FailOpen", 7));
+    let (_a, a) = proxy_process(&dir).await;
+    let (_b, b) = proxy_process(&dir).await;
     let mut allowed = 0;
     let mut limited = 0;
     for i in 0..20 {
@@ -641,7 +674,6 @@ async fn global_rate_limit_is_shared_by_two_proxies_through_redis() {
         (7, 13),
         "two proxies share one limit of 7"
     );
-    drop((proxy_a, proxy_b));
 }
 
 #[tokio::test]
