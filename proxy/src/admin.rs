@@ -54,7 +54,9 @@ pub fn respond(request: &Request<Incoming>, state: &State) -> Response<Full<Byte
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.metrics.render() + &state.policy.render_metrics(),
+            state.metrics.render()
+                + &crate::metrics::render_certificates(&state.snapshot.load())
+                + &state.policy.render_metrics(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

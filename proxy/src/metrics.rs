@@ -76,10 +76,18 @@ impl Flag {
     }
 }
 
-/// Responses of one route by status class (1xx..5xx).
+/// Upper bounds (seconds) of the request duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Responses of one route by status class (1xx..5xx), and how long they took.
 #[derive(Debug, Default)]
 pub struct RouteCounters {
     by_class: [AtomicU64; 5],
+    /// Non-cumulative bucket counts; the last one is +Inf.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
 }
 
 impl RouteCounters {
@@ -88,10 +96,39 @@ impl RouteCounters {
         self.by_class[class].fetch_add(1, Relaxed);
     }
 
+    /// Records a response and the time until its head was ready.
+    pub fn record_timed(&self, status: StatusCode, elapsed: std::time::Duration) {
+        self.record(status);
+        let secs = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
     pub fn get(&self, class: usize) -> u64 {
         self.by_class
             .get(class.wrapping_sub(1))
             .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Cumulative `(le, count)` pairs, +Inf last, and the sum in seconds.
+    fn histogram(&self) -> (Vec<(String, u64)>, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            total += bucket.load(Relaxed);
+            let le = DURATION_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            out.push((le, total));
+        }
+        (out, self.sum_micros.load(Relaxed) as f64 / 1e6)
     }
 }
 
@@ -143,6 +180,31 @@ impl Metrics {
                     counters.get(class)
                 );
             }
+        }
+        drop(routes);
+        out.push_str("# HELP meshgate_request_duration_seconds Time from a request's arrival to its response head, by route (route=\"\": no route matched).\n");
+        out.push_str("# TYPE meshgate_request_duration_seconds histogram\n");
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let all = std::iter::once(("", &self.unmatched))
+            .chain(routes.iter().map(|(name, c)| (name.as_str(), &**c)));
+        for (name, counters) in all {
+            let name = escape_label(name);
+            let (buckets, sum) = counters.histogram();
+            let count = buckets.last().map_or(0, |b| b.1);
+            for (le, n) in &buckets {
+                let _ = writeln!(
+                    out,
+                    "meshgate_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "meshgate_request_duration_seconds_sum{{route=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "meshgate_request_duration_seconds_count{{route=\"{name}\"}} {count}"
+            );
         }
         drop(routes);
         out.push_str(
@@ -233,6 +295,37 @@ impl Metrics {
     }
 }
 
+/// `meshgate_certificate_expiry_timestamp_seconds` of the edge certificates served.
+pub fn render_certificates(snapshot: &crate::snapshot::Snapshot) -> String {
+    let mut out = String::new();
+    let labels: Vec<(String, i64)> = snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().map(|t| (l, t)))
+        .flat_map(|(l, t)| {
+            t.certs.summary.iter().map(move |c| {
+                (
+                    format!(
+                        "listener=\"{}\",secret=\"{}\"",
+                        escape_label(&l.name),
+                        escape_label(&c.secret)
+                    ),
+                    c.not_after,
+                )
+            })
+        })
+        .collect();
+    let samples: Vec<(&str, i64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    family(
+        &mut out,
+        "meshgate_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "End of validity (Unix time) of each edge certificate a listener serves.",
+        &samples,
+    );
+    out
+}
+
 /// Writes one metric family: its HELP and TYPE lines, then one sample per
 /// `(labels, value)`, where `labels` is already formatted (`result="ok"`) or empty.
 pub(crate) fn family(
@@ -295,5 +388,26 @@ mod tests {
             "{text}"
         );
         assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn durations_render_as_a_cumulative_histogram() {
+        let m = Metrics::default();
+        let ms = std::time::Duration::from_millis;
+        m.route("r").record_timed(StatusCode::OK, ms(3));
+        m.route("r").record_timed(StatusCode::OK, ms(40));
+        m.route("r").record_timed(StatusCode::OK, ms(60_000));
+        let text = m.render();
+        for line in [
+            "meshgate_request_duration_seconds_bucket{route=\"r\",le=\"0.0025\"} 0",
+            "meshgate_request_duration_seconds_bucket{route=\"r\",le=\"0.005\"} 1",
+            "meshgate_request_duration_seconds_bucket{route=\"r\",le=\"0.05\"} 2",
+            "meshgate_request_duration_seconds_bucket{route=\"r\",le=\"30\"} 2",
+            "meshgate_request_duration_seconds_bucket{route=\"r\",le=\"+Inf\"} 3",
+            "meshgate_request_duration_seconds_count{route=\"r\"} 3",
+            "meshgate_request_duration_seconds_sum{route=\"r\"} 60.043",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
     }
 }

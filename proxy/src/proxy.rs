@@ -402,8 +402,11 @@ pub async fn handle(
 
     let status = response.status();
     match &route {
-        Some(route) => route.counters.record(status),
-        None => state.metrics.unmatched.record(status),
+        Some(route) => route.counters.record_timed(status, start.elapsed()),
+        None => state
+            .metrics
+            .unmatched
+            .record_timed(status, start.elapsed()),
     }
     if let Some(flag) = flag {
         state.metrics.flag(flag);

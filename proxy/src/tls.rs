@@ -22,6 +22,9 @@ use crate::Error;
 pub struct CertSummary {
     pub secret: String,
     pub names: Vec<String>,
+    /// End of validity of the leaf certificate (Unix seconds); 0 if unreadable.
+    #[serde(rename = "notAfter")]
+    pub not_after: i64,
 }
 
 /// The certificates of one listener, by the DNS names they are valid for.
@@ -45,8 +48,13 @@ impl CertStore {
             };
             map.or_insert_with(|| key.clone());
         }
+        let not_after = key.cert.first().map_or(0, not_after);
         self.default.get_or_insert(key);
-        self.summary.push(CertSummary { secret, names });
+        self.summary.push(CertSummary {
+            secret,
+            names,
+            not_after,
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,6 +115,13 @@ pub fn load_secret(secret: &Secret) -> Result<(Arc<CertifiedKey>, Vec<String>), 
     let certified = CertifiedKey::from_der(chain, key, &crate::crypto_provider())
         .map_err(|e| format!("tls.crt/tls.key: {e}"))?;
     Ok((Arc::new(certified), names))
+}
+
+/// The end of a certificate's validity (Unix seconds); 0 if it does not parse.
+pub fn not_after(cert: &CertificateDer<'_>) -> i64 {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .unwrap_or(0)
 }
 
 /// The DNS names of a certificate's subjectAltName extension, lower case.
