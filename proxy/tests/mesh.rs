@@ -157,14 +157,27 @@ async fn rotation_under_load_fails_no_request_and_new_connections_use_the_new_ce
             }
         }));
     }
+    // Rotate after every 10 successful requests (not after fixed sleeps, so a
+    // loaded machine changes the pace, not the outcome).
+    let served_ten_more = |ok: Arc<AtomicU64>| async move {
+        let target = ok.load(Relaxed) + 10;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while ok.load(Relaxed) < target {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    };
     let mut leaves = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(served_ten_more(ok.clone()).await, "requests stalled");
         let next = ca.identity(&id(GATEWAY)).unwrap();
         leaves.push(next.chain()[0].clone());
         tx.send_replace(Some(Arc::new(next)));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(served_ten_more(ok.clone()).await, "requests stalled");
     stop.store(true, Relaxed);
     for l in loops {
         l.await.unwrap();
