@@ -811,6 +811,40 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_bounded_labels() {
             .collect::<Vec<_>>()
             .join("\n  ")
     );
+    // Every metric docs/observability.md documents is exported, and every family
+    // exported is documented.
+    let doc = std::fs::read_to_string(meshgate_kind_tests::repo().join("docs/observability.md"))
+        .expect("docs/observability.md");
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("meshgate_"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        documented.len() >= 25,
+        "the metric tables were found ({})",
+        documented.len()
+    );
+    let undocumented_or_missing: Vec<String> = documented
+        .iter()
+        .filter(|n| !exported.families.contains_key(n.as_str()))
+        .map(|n| format!("{n}: documented but not exported"))
+        .chain(
+            exported
+                .families
+                .keys()
+                .filter(|f| !documented.contains(f.as_str()))
+                .map(|f| format!("{f}: exported but not documented")),
+        )
+        .collect();
+    assert!(
+        undocumented_or_missing.is_empty(),
+        "docs/observability.md and the exported metrics disagree:\n  {}",
+        undocumented_or_missing.join("\n  ")
+    );
+
     // The checks above covered the families SREs alert on.
     for family in [
         "meshgate_requests_total",
