@@ -145,6 +145,22 @@ def rss_kib(pid):
     return total
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process tree (live processes only), seconds."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
 def run(cmd, cpu=LOAD_CPU, timeout=None):
     r = subprocess.run(["taskset", "-c", str(cpu)] + cmd, capture_output=True,
                        text=True, timeout=timeout)
@@ -753,8 +769,9 @@ def parse_h2load(out):
 
 
 def h2load(path="/", clients=10, streams=10, duration=DURATION, extra=()):
-    cmd = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", f"-D{duration}", "--warm-up-time=1",
-           *extra, URL + path]
+    # No --warm-up-time: its requests would not be counted but their CPU would
+    # (the scenarios warm up with a separate short run).
+    cmd = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", f"-D{duration}", *extra, URL + path]
     out = run(cmd, timeout=duration + 60)
     r = parse_h2load(out)
     r["raw"] = out
@@ -808,11 +825,11 @@ class Scenario:
 
 class S1(Scenario):
     id, title = 1, "HTTPS HTTP/1.1 keep-alive, small response (wrk)"
-    metrics = {"rps": ("req/s", True), "p99_ms": ("ms", False)}
+    metrics = {"rps": ("req/s", True), "p99_ms": ("ms", False), "cpu_us_per_req": ("proxy CPU us/req", False)}
 
     def run(self, peer):
         r = wrk()
-        return {"rps": r["rps"], "p99_ms": r.get("p99_ms"), "failed": r["failed"]}
+        return {"rps": r["rps"], "p99_ms": r.get("p99_ms"), "failed": r["failed"], "requests": r["requests"]}
 
 
 S2_CLIENTS = int(ENV.get("S2_CLIENTS", "16"))
@@ -823,7 +840,7 @@ S2_REQUEST = "/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Bench:"
 
 class S2(Scenario):
     id, title = 2, f"new TLS connection per request: full handshakes/s ({S2_CLIENTS} x openssl s_time -new)"
-    metrics = {"rps": ("handshakes/s", True)}
+    metrics = {"rps": ("handshakes/s", True), "cpu_us_per_req": ("proxy CPU us/handshake", False)}
 
     def warm(self, peer):
         self.s_time(1)
@@ -857,18 +874,21 @@ class S2(Scenario):
 
 class S3(Scenario):
     id, title = 3, "HTTP/2 multiplexed, 10 conns x 10 streams (h2load)"
+    metrics = {"rps": ("req/s", True), "cpu_us_per_req": ("proxy CPU us/req", False)}
 
     def warm(self, peer):
-        pass
+        h2load(duration=1)
 
     def run(self, peer):
         r = h2load()
-        return {"rps": r["rps"], "failed": r.get("failed", 0) + r.get("non2xx", 0)}
+        return {"rps": r["rps"], "failed": r.get("failed", 0) + r.get("non2xx", 0),
+                "requests": r.get("requests")}
 
 
 class S4(Scenario):
     id, title = 4, "gRPC unary over HTTP/2, 10 conns x 10 streams (h2load, framed POST)"
     path = GRPC_PATH
+    metrics = {"rps": ("req/s", True), "cpu_us_per_req": ("proxy CPU us/req", False)}
 
     def ready(self, peer):
         r = h2load(GRPC_PATH, clients=1, streams=1, duration=1, extra=self.extra())
@@ -876,7 +896,7 @@ class S4(Scenario):
             raise RuntimeError(f"gRPC probe failed: {r['raw'][-1500:]}")
 
     def warm(self, peer):
-        pass
+        h2load(GRPC_PATH, duration=1, extra=self.extra())
 
     def extra(self):
         body = os.path.join(WORK, "grpc-request.bin")
@@ -888,7 +908,8 @@ class S4(Scenario):
 
     def run(self, peer):
         r = h2load(GRPC_PATH, extra=self.extra())
-        return {"rps": r["rps"], "failed": r.get("failed", 0) + r.get("non2xx", 0)}
+        return {"rps": r["rps"], "failed": r.get("failed", 0) + r.get("non2xx", 0),
+                "requests": r.get("requests")}
 
 
 class S5(Scenario):
@@ -912,10 +933,11 @@ class S6(Scenario):
     id, title = 6, f"{MANY_ROUTES} prefix routes, request matching the last one (wrk)"
     routes = route_prefixes(MANY_ROUTES)
     path = f"/r{MANY_ROUTES - 1}/x"
+    metrics = {"rps": ("req/s", True), "cpu_us_per_req": ("proxy CPU us/req", False)}
 
     def run(self, peer):
         r = wrk(self.path)
-        return {"rps": r["rps"], "failed": r["failed"]}
+        return {"rps": r["rps"], "failed": r["failed"], "requests": r["requests"]}
 
 
 class S7(Scenario):
@@ -1113,7 +1135,16 @@ def main():
                         peer.start(routes=sc.routes, policy=sc.policy)
                         sc.ready(peer)
                         sc.warm(peer)
+                        cpu0, t0 = cpu_seconds(peer.proc.p.pid), time.monotonic()
                         r = sc.run(peer)
+                        cpu = cpu_seconds(peer.proc.p.pid) - cpu0
+                        wall = time.monotonic() - t0
+                        # How busy the proxy's core was: below ~90 % the load
+                        # generator, not the proxy, set the pace.
+                        r["proxy_cpu_pct"] = 100 * cpu / wall
+                        n = r.get("requests") or r.get("connections")
+                        if n and "cpu_us_per_req" in sc.metrics:
+                            r["cpu_us_per_req"] = 1e6 * cpu / n
                         log(f"   {sid} rep {rep + 1} {name}: " + ", ".join(
                             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
                         entry["runs"][name].append(r)
@@ -1206,6 +1237,11 @@ def render(results):
         notes.append(f"{sid}: {e['title']}")
         if e.get("rate"):
             notes.append(f"   constant rate {e['rate']} req/s")
+            for p, runs in e["runs"].items():
+                got = [r.get("rps", 0) for r in runs]
+                if got and statistics.median(got) < 0.95 * e["rate"]:
+                    notes.append(f"   {p}: RATE NOT REACHED (median {statistics.median(got):.0f} req/s): "
+                                 "the latencies include queueing in the load generator or the proxy")
         for p, errs in e["errors"].items():
             notes.append(f"   {p} failed {len(errs)}x: {errs[0][:300]}")
         if e["unreadable"]:
@@ -1216,6 +1252,12 @@ def render(results):
                 sent = [r.get("reloads_sent") for r in runs]
                 notes.append(f"   {p}: reloads sent {sent}, applied {applied}"
                              + (" (NO reload applied: not exercised)" if not any(applied) else ""))
+        busy = {p: statistics.median([r["proxy_cpu_pct"] for r in runs])
+                for p, runs in e["runs"].items() if runs and "proxy_cpu_pct" in runs[0]}
+        if busy and any(k in e["metrics"] for k in ("rps",)):
+            notes.append("   proxy CPU busy: " + ", ".join(f"{p} {v:.0f}%" for p, v in busy.items())
+                         + ("  (below 90%: the load generator set the pace; compare CPU per request)"
+                            if min(busy.values()) < 90 else ""))
         for p in e["median"]:
             f = e["median"][p].get("failed")
             if f:

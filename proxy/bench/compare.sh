@@ -79,6 +79,7 @@ export MESHGATE_BIN
 
 # --- work dir, limits, cleanup -------------------------------------------------
 WORK="$(mktemp -d /tmp/meshgate-bench.XXXXXX)"
+chmod 0755 "$WORK"   # nginx workers (www-data) read the gRPC reply file
 export WORK
 mkdir -p "$WORK/pids" "$MESHGATE_BENCH_OUT"
 cleanup() {
