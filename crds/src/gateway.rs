@@ -53,6 +53,53 @@ pub struct ApiGatewaySpec {
     /// Pods, Service and scaling of the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<Infrastructure>,
+    /// Traces the gateway sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
+}
+
+/// Telemetry settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    /// OpenTelemetry traces; none are made when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// OTLP protocols.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[default]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// Request tracing: one server span per request with child spans for policy
+/// checks and upstream attempts, exported over OTLP; W3C `traceparent` sent upstream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// OTLP endpoint, e.g. `http://otel-collector.observability:4317` (gRPC) or
+    /// `http://otel-collector.observability:4318/v1/traces` (HTTP).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("endpoint must be an http:// or https:// URL"))]
+    pub endpoint: String,
+    /// Grpc (default) or HttpProtobuf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Percentage of new traces sampled (0-100, default 1). A trusted client
+    /// trace context keeps its own sampling decision (parent-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sampling_percent: Option<f64>,
+    /// Continue the trace of a client's `traceparent` (or B3) headers. Off by
+    /// default: at the edge, a client's context is not trusted and every
+    /// request starts a new trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_client_trace_context: Option<bool>,
 }
 
 /// Listener protocols.

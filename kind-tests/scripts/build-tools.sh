@@ -9,7 +9,7 @@
 #        build-tools.sh --list         print name and cached path of every tool
 #
 # names: kube-apiserver kube-controller-manager kube-scheduler kubectl
-#        etcd kwok istiod istio-crds helm
+#        etcd kwok istiod istio-crds helm jaeger
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -20,6 +20,7 @@ KWOK_VERSION=v0.7.0   # sigs.k8s.io/kwok/cmd/kwok
 ISTIO_VERSION=1.31.1  # istio.io/istio tag; tags lack the "v", so the module
 ISTIO_MODULE_VERSION=v0.0.0-20260916195427-190ae921b848 # pseudo-version = tag 1.31.1
 HELM_VERSION=v3.22.0  # helm.sh/helm/v3/cmd/helm
+JAEGER_VERSION=v1.76.0 # github.com/jaegertracing/jaeger/cmd/jaeger (Jaeger v2: an OTel collector with OTLP in, memory storage, query API)
 # Pseudo-versions that istio $ISTIO_VERSION pins but the module proxy reachable
 # here does not serve; each is swapped for the nearest newer available version
 # (a `replace` in the wrapper), and only when the pinned one cannot be fetched.
@@ -36,7 +37,7 @@ BIN_DIR="$CACHE_ROOT/bin"
 SRC_DIR="$CACHE_ROOT/src"   # wrapper modules (go.mod/go.sum) live here, never in the repo
 
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds helm)
+ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds helm jaeger)
 
 tool_version() {
   case "$1" in
@@ -45,6 +46,7 @@ tool_version() {
     kwok) echo "$KWOK_VERSION" ;;
     istiod | istio-crds) echo "$ISTIO_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
+    jaeger) echo "$JAEGER_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -63,7 +65,7 @@ print_env() {
   local pair var name
   for pair in KUBE_APISERVER:kube-apiserver KUBE_CONTROLLER_MANAGER:kube-controller-manager \
     KUBE_SCHEDULER:kube-scheduler KUBECTL:kubectl ETCD:etcd KWOK:kwok ISTIOD:istiod \
-    ISTIO_CRDS:istio-crds HELM:helm; do
+    ISTIO_CRDS:istio-crds HELM:helm JAEGER:jaeger; do
     var="${pair%%:*}" name="${pair#*:}"
     printf 'export %s=%q\n' "$var" "$(tool_path "$name")"
   done
@@ -280,6 +282,23 @@ build_helm() {
   install_bin helm helm
 }
 
+build_jaeger() {
+  local json gomod dir replaces p=github.com/jaegertracing/jaeger/internal/version
+  json="$(fetch_module github.com/jaegertracing/jaeger "$JAEGER_VERSION")"
+  gomod="$(jq -r .GoMod <<<"$json")"
+  dir="$SRC_DIR/jaeger-$JAEGER_VERSION"
+  # `go install` refuses a module whose go.mod has replace directives; a wrapper
+  # module that repeats them builds the very same dependency graph.
+  replaces="$(grep -E '^replace ' "$gomod" || true)"
+  write_wrapper "$dir" "$gomod" github.com/jaegertracing/jaeger "$JAEGER_VERSION" "$replaces"
+  # The checksum database reachable here does not list some collector modules
+  # that Jaeger pins (404 on lookup); they still come from the module proxy over
+  # HTTPS and go.sum records their hashes.
+  GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}go.opentelemetry.io,github.com/open-telemetry" go_build "jaeger $JAEGER_VERSION" "$dir" \
+    "-X $p.latestVersion=$JAEGER_VERSION -X $p.commitSHA=$(origin_hash "$json")" github.com/jaegertracing/jaeger/cmd/jaeger
+  install_bin jaeger jaeger
+}
+
 # ---- main --------------------------------------------------------------------
 requested=("$@")
 [[ ${#requested[@]} -gt 0 ]] || requested=("${ALL_TOOLS[@]}")
@@ -330,5 +349,6 @@ if has etcd; then step "etcd $ETCD_VERSION" build_etcd; fi
 if has kwok; then step "kwok $KWOK_VERSION" build_kwok; fi
 if [[ ${#istio_missing[@]} -gt 0 ]]; then step "istio $ISTIO_VERSION" build_istio "${istio_missing[@]}"; fi
 if has helm; then step "helm $HELM_VERSION" build_helm; fi
+if has jaeger; then step "jaeger $JAEGER_VERSION" build_jaeger; fi
 
 log "all requested tools ready in $((SECONDS - TOTAL_START))s (cache: $BIN_DIR)"

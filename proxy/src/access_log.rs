@@ -77,6 +77,8 @@ pub struct Entry {
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub request_id: Option<HeaderValue>,
     pub flag: Option<Flag>,
+    /// The request's trace id when tracing is on (sampled or not).
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
 }
 
 impl Entry {
@@ -129,6 +131,9 @@ impl Entry {
         match self.flag {
             Some(f) => json_str(&mut out, f.code()),
             None => out.push_str("null"),
+        }
+        if let Some(id) = self.trace_id {
+            let _ = write!(out, ",\"trace_id\":\"{id:032x}\"");
         }
         out.push_str("}\n");
         out
@@ -255,6 +260,7 @@ mod tests {
             bytes_in: None,
             request_id: Some(HeaderValue::from_static("id-1")),
             flag: Some(Flag::UpstreamConnect),
+            trace_id: None,
         };
         let line = entry.line(7);
         assert!(line.ends_with("}\n"));

@@ -56,7 +56,8 @@ pub fn respond(request: &Request<Incoming>, state: &State) -> Response<Full<Byte
             "text/plain; version=0.0.4",
             state.metrics.render()
                 + &crate::metrics::render_certificates(&state.snapshot.load())
-                + &state.policy.render_metrics(),
+                + &state.policy.render_metrics()
+                + &state.telemetry.stats.render(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;

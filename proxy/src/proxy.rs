@@ -34,7 +34,10 @@ use crate::routing::{normalize_host, normalize_path, RequestView};
 use crate::snapshot::Snapshot;
 use crate::state::State;
 use crate::state::{ClientBody, UpstreamBody, UpstreamClient};
+use crate::telemetry::RequestTrace;
 use crate::{grpc, upgrade};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// Response bodies: streamed from the upstream, or made here.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -314,6 +317,7 @@ pub async fn handle(
             request.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
     }
+    let trace = state.telemetry.start(request.headers(), "ingress");
     // The one snapshot load of this request. The guard lives until routing and
     // policy checks are done (a JWKS fetch or a Redis round trip may await).
     let (plan, log) = {
@@ -342,10 +346,14 @@ pub async fn handle(
             bytes_in: Some(Arc::new(AtomicU64::new(0))),
             request_id: request.headers().get(REQUEST_ID_HEADER).cloned(),
             flag: None,
+            trace_id: trace.as_ref().map(|t| t.trace_id),
         });
         let counter = log.as_ref().and_then(|l| l.bytes_in.clone());
         let request = request.map(|body| LimitedBody::unlimited(CountedBody::new(body, counter)));
-        (plan(request, conn, &snapshot, kind, upgrade).await, log)
+        (
+            plan(request, conn, &snapshot, kind, upgrade, trace.as_ref()).await,
+            log,
+        )
     };
 
     let mut upstream_ms = None;
@@ -371,7 +379,18 @@ pub async fn handle(
                             .await;
                     (response, flag, upstream)
                 }
-                None => forward(&conn.state, request, &route, &settings, endpoint, h2).await,
+                None => {
+                    forward(
+                        &conn.state,
+                        request,
+                        &route,
+                        &settings,
+                        endpoint,
+                        h2,
+                        trace.as_ref(),
+                    )
+                    .await
+                }
             };
             if let Some(admitted) = &admitted {
                 // The upstream call failed because the body passed its limit: the
@@ -401,6 +420,9 @@ pub async fn handle(
     };
 
     let status = response.status();
+    if let Some(t) = trace.as_ref().filter(|t| t.sampled) {
+        record_span(t, &route, flag, upstream, conn, status);
+    }
     match &route {
         Some(route) => route.counters.record_timed(status, start.elapsed()),
         None => state
@@ -422,6 +444,35 @@ pub async fn handle(
     (response, log)
 }
 
+/// Names the server span after the route and records what a trace reader needs.
+fn record_span(
+    t: &RequestTrace,
+    route: &Option<Arc<Route>>,
+    flag: Option<Flag>,
+    upstream: Option<SocketAddr>,
+    conn: &ConnInfo,
+    status: StatusCode,
+) {
+    t.set_name(match route {
+        Some(r) => format!("route {}", r.name),
+        None => "no route".to_string(),
+    });
+    t.set(KeyValue::new(
+        "meshgate.listener",
+        conn.listener.to_string(),
+    ));
+    if let Some(r) = route {
+        t.set(KeyValue::new("http.route", r.name.clone()));
+    }
+    if let Some(flag) = flag {
+        t.set(KeyValue::new("meshgate.response_flags", flag.code()));
+    }
+    if let Some(u) = upstream {
+        t.set(KeyValue::new("meshgate.upstream", u.to_string()));
+    }
+    t.finish(status.as_u16());
+}
+
 /// Routes the request, runs its route's policy, and applies the request filters.
 async fn plan(
     request: Request<ClientBody>,
@@ -429,6 +480,7 @@ async fn plan(
     snapshot: &Snapshot,
     kind: Kind,
     upgrade: Option<HeaderValue>,
+    trace: Option<&RequestTrace>,
 ) -> Plan {
     let Some(listener) = snapshot.listener(&conn.listener) else {
         return Plan::local(StatusCode::NOT_FOUND, Flag::NoRoute, "no route\n", None);
@@ -496,6 +548,7 @@ async fn plan(
             .extensions
             .get::<ClientAddr>()
             .map_or(conn.peer.ip(), |c| c.0);
+        let mut span = trace.map(|t| t.child("policy", SpanKind::Internal));
         let checked = attached
             .policy
             .check(
@@ -509,6 +562,16 @@ async fn plan(
                 &conn.state.policy.refusals,
             )
             .await;
+        if let (Some(span), Err(refused)) = (&mut span, &checked) {
+            span.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(refused.response.status().as_u16()),
+            ));
+            if let Some(flag) = refused.flag {
+                span.error(flag.code());
+            }
+        }
+        drop(span);
         match checked {
             Ok(a) => admitted = Some(Box::new(a)),
             Err(Refused { response, flag }) => {
@@ -612,7 +675,15 @@ async fn plan(
         .as_ref()
         .and_then(|r| r.hostname.clone())
         .unwrap_or(raw_host);
-    headers.insert(header::HOST, upstream_host);
+    if h2 {
+        // HTTP/2 names the authority in `:authority`, which is the endpoint (the
+        // pool key); a Host header that disagrees with it is a malformed request
+        // to strict servers (RFC 9113 8.3.1). The client's host stays in
+        // X-Forwarded-Host.
+        headers.remove(header::HOST);
+    } else {
+        headers.insert(header::HOST, upstream_host);
+    }
     if let Some(modifier) = &route.request_headers {
         modifier.apply(headers);
     }
@@ -731,6 +802,41 @@ impl Attempt {
 
 async fn attempt(
     client: &UpstreamClient,
+    mut request: Request<UpstreamBody>,
+    timeout: Option<Duration>,
+    trace: Option<&RequestTrace>,
+) -> Attempt {
+    let mut span = trace.map(|t| {
+        let mut span = t.child("upstream", SpanKind::Client);
+        t.inject(&span, request.headers_mut());
+        if t.sampled {
+            if let Some(a) = request.uri().authority() {
+                span.set(KeyValue::new("server.address", a.to_string()));
+            }
+        }
+        span
+    });
+    let outcome = attempt_inner(client, request, timeout).await;
+    if let Some(span) = &mut span {
+        match &outcome {
+            Attempt::Response(r) => {
+                span.set(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(r.status().as_u16()),
+                ));
+                if r.status().is_server_error() {
+                    span.error("upstream 5xx");
+                }
+            }
+            Attempt::Timeout => span.error("upstream timeout"),
+            Attempt::Failed(_) => span.error("upstream failure"),
+        }
+    }
+    outcome
+}
+
+async fn attempt_inner(
+    client: &UpstreamClient,
     request: Request<UpstreamBody>,
     timeout: Option<Duration>,
 ) -> Attempt {
@@ -836,6 +942,7 @@ async fn forward(
     settings: &UpstreamSettings,
     endpoint: Arc<Endpoint>,
     h2: bool,
+    trace: Option<&RequestTrace>,
 ) -> (Response<ProxyBody>, Option<Flag>, SocketAddr) {
     let upstream = endpoint.addr;
     let client = if h2 {
@@ -846,7 +953,7 @@ async fn forward(
     let policy = settings.retry.as_ref().filter(|p| p.attempts > 0);
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());
     if policy.is_none() && mirror.is_none() {
-        let outcome = attempt(client, request.map(Either::Left), settings.timeout).await;
+        let outcome = attempt(client, request.map(Either::Left), settings.timeout, trace).await;
         endpoint.report(outcome.failed(), &state.metrics);
         let (response, flag) = finish(outcome, route, upstream);
         return (response, flag, upstream);
@@ -879,7 +986,13 @@ async fn forward(
                 RequestBody::Kept(bytes) => Either::Right(Full::new(bytes)),
                 RequestBody::Streamed(incoming) => Either::Left(incoming),
             };
-            let outcome = attempt(client, Request::from_parts(parts, body), settings.timeout).await;
+            let outcome = attempt(
+                client,
+                Request::from_parts(parts, body),
+                settings.timeout,
+                trace,
+            )
+            .await;
             endpoint.report(outcome.failed(), &state.metrics);
             let (response, flag) = finish(outcome, route, upstream);
             return (response, flag, upstream);
@@ -899,6 +1012,7 @@ async fn forward(
                 client,
                 Request::from_parts(clone_parts(&parts_now), body_now),
                 policy.per_attempt_timeout,
+                trace,
             )
             .await;
             current.report(outcome.failed(), &state.metrics);

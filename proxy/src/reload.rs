@@ -50,6 +50,9 @@ pub fn load_snapshot(
 
 /// Publishes `snapshot` and logs what changed.
 pub fn apply(state: &State, snapshot: Snapshot) {
+    state
+        .telemetry
+        .configure(&snapshot.gateway, snapshot.tracing.as_ref());
     for issue in &snapshot.errors {
         tracing::error!(version = snapshot.version, object = %issue.object, "{}", issue.message);
     }

@@ -154,6 +154,8 @@ pub struct Snapshot {
     pub client: ClientSettings,
     /// Mesh mTLS to the backends (ApiGateway `mesh.mode: Istio`); `None`: plain.
     pub mesh: Option<crate::mesh::MeshPlan>,
+    /// `telemetry.tracing`; `None`: no traces.
+    pub tracing: Option<crate::telemetry::TraceSettings>,
 }
 
 impl Snapshot {
@@ -167,6 +169,7 @@ impl Snapshot {
             warnings: Vec::new(),
             client: ClientSettings::default(),
             mesh: None,
+            tracing: None,
         }
     }
 
@@ -531,7 +534,22 @@ pub fn compile(
             .map(|e| ConfigIssue::new("gateway", e)),
     );
 
+    let tracing = match spec.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) {
+        None => None,
+        Some(t) => match crate::telemetry::TraceSettings::compile(t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(ConfigIssue::new(
+                    "gateway",
+                    format!("telemetry.tracing: {e}; no traces"),
+                ));
+                None
+            }
+        },
+    };
+
     Ok(Snapshot {
+        tracing,
         version,
         gateway: gateway_name(gw),
         listeners,

@@ -62,6 +62,8 @@ pub struct State {
     pub connection_limit: OnceLock<Arc<tokio::sync::Semaphore>>,
     /// JWKS caches, rate-limit buckets and refusal counts, kept across reloads.
     pub policy: PolicyRuntime,
+    /// The trace exporter of the current configuration.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl State {
@@ -107,6 +109,7 @@ impl State {
             access_log,
             connection_limit: OnceLock::new(),
             policy,
+            telemetry: Default::default(),
         })
     }
 }

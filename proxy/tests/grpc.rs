@@ -195,6 +195,11 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
     let addr = proxy.listener_addr("http").unwrap();
     let h2 = get(addr, "a.test", "/h2").await.json().unwrap();
     assert_eq!(h2["version"], "HTTP/2.0", "{h2}");
+    // HTTP/2 upstream: the authority is in :authority only; a second, different
+    // Host header would be a malformed request (RFC 9113 8.3.1).
+    assert!(h2["headers"].get("host").is_none(), "{h2}");
+    assert_eq!(h2["headers"]["x-forwarded-host"], "a.test", "{h2}");
     let h1 = get(addr, "a.test", "/h1").await.json().unwrap();
     assert_eq!(h1["version"], "HTTP/1.1", "{h1}");
+    assert_eq!(h1["headers"]["host"], "a.test", "{h1}");
 }
