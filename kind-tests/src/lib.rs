@@ -198,3 +198,42 @@ pub async fn istio_mesh_root(client: &Client, ns: &str) -> Result<String, Error>
         ))
     })
 }
+
+/// The `helm` binary built by build-tools.sh (`HELM`), run on the chart of this repo.
+pub mod helm {
+    use std::process::{Command, Output};
+
+    /// Runs `helm args...`.
+    pub fn run(args: &[&str]) -> Output {
+        let helm = std::env::var("HELM").expect(
+            "HELM must point at the helm built by kind-tests/scripts/build-tools.sh (run-tests.sh sets it)",
+        );
+        Command::new(helm).args(args).output().expect("helm runs")
+    }
+
+    /// `helm template` has no cluster to ask, so it is told the Kubernetes version
+    /// the suite runs (the chart requires >= 1.30).
+    pub fn kube_version() -> String {
+        std::env::var("MESHGATE_K8S_VERSION").unwrap_or_else(|_| "v1.35.4".into())
+    }
+
+    /// The stdout of a successful run; fails the test with stderr otherwise.
+    pub fn ok(out: &Output, what: &str) -> String {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The chart's directory.
+    pub fn chart() -> String {
+        super::repo()
+            .join("helm/meshgate")
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
+    }
+}

@@ -3,36 +3,13 @@
 //! which the operator Deployment runs its replicas (kwok makes the pods Ready),
 //! then `helm uninstall` removes what it installed.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
+use meshgate_kind_tests::helm::{kube_version, ok, run as helm};
 use meshgate_kind_tests::{client, repo, wait_for, TestNamespace};
-
-fn helm(args: &[&str]) -> Output {
-    let helm = std::env::var("HELM").expect(
-        "HELM must point at the helm built by kind-tests/scripts/build-tools.sh (run-tests.sh sets it)",
-    );
-    Command::new(helm).args(args).output().expect("helm runs")
-}
-
-/// `helm template` has no cluster to ask, so it is told the Kubernetes version
-/// the suite runs (the chart requires >= 1.30).
-fn kube_version() -> String {
-    std::env::var("MESHGATE_K8S_VERSION").unwrap_or_else(|_| "v1.35.4".into())
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 #[test]
 fn chart_lints_and_renders_and_the_schema_rejects_bad_values() {

@@ -19,12 +19,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use meshgate_kind_tests::helm::{chart, kube_version, ok, run as helm};
 use meshgate_kind_tests::repo;
 use meshgate_mesh::fixtures::{LocalCa, Validity};
 use meshgate_mesh::{IdentityManager, SidecarFilesProvider, SpiffeId};
@@ -60,35 +60,6 @@ const SYNTHETIC: &[&str] = &["up"];
 
 // ---------------------------------------------------------------------------
 // helm
-
-fn helm(args: &[&str]) -> Output {
-    let helm = std::env::var("HELM").expect(
-        "HELM must point at the helm built by kind-tests/scripts/build-tools.sh (run-tests.sh sets it)",
-    );
-    Command::new(helm).args(args).output().expect("helm runs")
-}
-
-fn kube_version() -> String {
-    std::env::var("MESHGATE_K8S_VERSION").unwrap_or_else(|_| "v1.35.4".into())
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn chart() -> String {
-    repo()
-        .join("helm/meshgate")
-        .to_str()
-        .expect("utf-8 path")
-        .to_string()
-}
 
 const ALL_ON: &[&str] = &[
     "--set",
