@@ -6,6 +6,7 @@
 //! inline JWKS or a Secret. Only asymmetric algorithms are accepted and the
 //! algorithm must fit the key, so `alg: none` and RS/HS confusion are refused.
 
+mod cache;
 mod keys;
 mod remote;
 
@@ -79,6 +80,8 @@ struct Provider {
     required_claims: Vec<ClaimRequirement>,
     /// One validation per algorithm family (jsonwebtoken wants a single family).
     validations: Vec<(AlgorithmFamily, Validation)>,
+    /// Tokens already verified with the current keys.
+    cache: cache::TokenCache,
 }
 
 impl fmt::Debug for Provider {
@@ -431,6 +434,7 @@ impl Provider {
             claim_to_headers,
             required_claims: spec.required_claims.clone(),
             validations,
+            cache: cache::TokenCache::new(skew.min(MAX_CLOCK_SKEW).as_secs()),
         })
     }
 
@@ -445,6 +449,9 @@ impl Provider {
             KeySource::Local(keys) => Arc::clone(keys),
             KeySource::Remote(source) => source.keys(peek.kid.as_deref()).await?,
         };
+        if let Some(claims) = self.cache.get(token, &keys) {
+            return Ok(claims);
+        }
         let validation = self
             .validations
             .iter()
@@ -460,7 +467,11 @@ impl Provider {
             }
             fitting = true;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
-                Ok(data) => return Ok(Claims(Arc::new(data.claims))),
+                Ok(data) => {
+                    let claims = Claims(Arc::new(data.claims));
+                    self.cache.insert(token, &keys, &claims);
+                    return Ok(claims);
+                }
                 // Another key may fit (no `kid`, or a `kid` used twice).
                 Err(e) if reason(e.kind()) == "bad_signature" => continue,
                 Err(e) => return Err(reason(e.kind())),
@@ -555,6 +566,7 @@ mod tests {
             claim_to_headers: Vec::new(),
             required_claims: Vec::new(),
             validations: Vec::new(),
+            cache: cache::TokenCache::new(0),
         }
     }
 
