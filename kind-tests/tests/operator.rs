@@ -19,6 +19,7 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
+use kube::Resource as _;
 use kube::{Api, Client, ResourceExt};
 use meshgate_crds::{ApiGateway, ApiPolicy};
 use meshgate_kind_tests::{client, install_crds, repo, wait_for, yaml_documents, TestNamespace};
@@ -260,20 +261,24 @@ impl World {
         last
     }
 
-    /// resourceVersions of the gateway and every object it owns.
+    /// What the operator wrote to the gateway and every object it owns: the
+    /// operator's managedFields entries (operation, subresource, time). Status
+    /// that other controllers keep writing (a Deployment's, a PDB's) is not the
+    /// operator's doing and is not compared; server-side apply leaves an
+    /// unchanged object and its managedFields alone.
     async fn resource_versions(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let rv = |k: &str, o: Option<String>| (k.to_string(), o.unwrap_or_default());
         let n = "edge-meshgate";
         let gw = self.api::<ApiGateway>().get("edge").await.expect("gateway");
-        out.extend([rv("ApiGateway", gw.resource_version())]);
+        out.extend([rv("ApiGateway", Some(operator_writes(gw.meta())))]);
         out.extend([rv(
             "ServiceAccount",
             self.api::<ServiceAccount>()
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         out.extend([rv(
             "Role",
@@ -281,7 +286,7 @@ impl World {
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         out.extend([rv(
             "RoleBinding",
@@ -289,7 +294,7 @@ impl World {
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         out.extend([rv(
             "Deployment",
@@ -297,7 +302,7 @@ impl World {
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         out.extend([rv(
             "Service",
@@ -305,7 +310,7 @@ impl World {
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         out.extend([rv(
             "PodDisruptionBudget",
@@ -313,7 +318,7 @@ impl World {
                 .get(n)
                 .await
                 .ok()
-                .and_then(|o| o.resource_version()),
+                .map(|o| operator_writes(o.meta())),
         )]);
         for p in self
             .api::<ApiPolicy>()
@@ -323,7 +328,7 @@ impl World {
         {
             out.insert(
                 format!("ApiPolicy/{}", p.name_any()),
-                p.resource_version().unwrap_or_default(),
+                operator_writes(p.meta()),
             );
         }
         out
@@ -858,4 +863,22 @@ async fn secret_rotation_rolls_no_pods_and_writes_nothing() {
 
     op.stop().await;
     w.finish().await;
+}
+
+/// The meshgate-operator entries of an object's managedFields.
+fn operator_writes(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(meshgate_operator::apply::FIELD_MANAGER))
+        .map(|m| {
+            format!(
+                "{}:{}:{}",
+                m.operation.as_deref().unwrap_or_default(),
+                m.subresource.as_deref().unwrap_or_default(),
+                m.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
