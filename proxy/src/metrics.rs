@@ -39,10 +39,12 @@ pub enum Flag {
     RequestTooLarge,
     /// The route's policy is not valid; the route fails closed.
     PolicyError,
+    /// The request's host needs another certificate than its TLS connection's (421).
+    Misdirected,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 12] = [
+    pub const ALL: [Flag; 13] = [
         Flag::NoRoute,
         Flag::NoHealthy,
         Flag::UpstreamConnect,
@@ -55,6 +57,7 @@ impl Flag {
         Flag::RateLimitServiceError,
         Flag::RequestTooLarge,
         Flag::PolicyError,
+        Flag::Misdirected,
     ];
 
     /// The short code sent in `x-meshgate-flags` (Envoy-style).
@@ -72,6 +75,7 @@ impl Flag {
             Flag::RateLimitServiceError => "RLSE",
             Flag::RequestTooLarge => "RTL",
             Flag::PolicyError => "PE",
+            Flag::Misdirected => "MR",
         }
     }
 }

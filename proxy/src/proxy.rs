@@ -56,6 +56,8 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     /// The listener's port as clients see it (for redirects).
     pub listener_port: u16,
+    /// The TLS server name the client asked for (HTTPS listeners).
+    pub sni: Option<Arc<str>>,
     /// Requests in progress and when the connection last became idle.
     pub activity: crate::server::ConnActivity,
 }
@@ -474,6 +476,23 @@ fn record_span(
 }
 
 /// Routes the request, runs its route's policy, and applies the request filters.
+/// Whether an HTTPS request names a host that its connection's TLS server name
+/// would not have been given the same certificate for (RFC 9110 15.5.20). HTTP/2
+/// clients reuse a connection for every host its certificate covers; a host
+/// outside it must be retried on a connection of its own, so it gets 421.
+fn misdirected(listener: &crate::snapshot::Listener, sni: Option<&str>, host: &str) -> bool {
+    let (Some(sni), Some(tls)) = (sni, listener.tls.as_ref()) else {
+        return false;
+    };
+    if sni.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    match (tls.certs.resolve(Some(sni)), tls.certs.resolve(Some(host))) {
+        (Some(served), Some(wanted)) => !Arc::ptr_eq(&served, &wanted),
+        _ => false,
+    }
+}
+
 async fn plan(
     request: Request<ClientBody>,
     conn: &ConnInfo,
@@ -517,6 +536,15 @@ async fn plan(
         );
     };
     let query = parts.uri.query();
+
+    if misdirected(listener, conn.sni.as_deref(), &host) {
+        return Plan::local(
+            StatusCode::MISDIRECTED_REQUEST,
+            Flag::Misdirected,
+            "misdirected request: the connection's certificate is not the one for this host\n",
+            None,
+        );
+    }
 
     if let Some(redirect) = listener.https_redirect {
         let location = location(Scheme::Https, &host, redirect.port, &path, query);

@@ -225,6 +225,37 @@ async fn accept_loop(
     tracing::debug!(listener = %name, "listener drained");
 }
 
+/// What the requests of one client connection see of it.
+fn conn_info(
+    listening: &Listening,
+    name: Arc<str>,
+    peer: SocketAddr,
+    sni: Option<Arc<str>>,
+) -> Arc<ConnInfo> {
+    let scheme = if listening.tls.is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    Arc::new(ConnInfo {
+        state: listening.state.clone(),
+        listener: name,
+        peer,
+        scheme,
+        listener_port: listening.spec.public_port,
+        sni,
+        activity: ConnActivity::default(),
+    })
+}
+
+/// The hyper service of a connection: each request is proxied with its [`ConnInfo`].
+macro_rules! service {
+    ($conn:expr) => {{
+        let conn = $conn.clone();
+        service_fn(move |request| proxy::serve(request, conn.clone()))
+    }};
+}
+
 /// Serves a connection until it ends; on shutdown, or after `idleTimeout`
 /// without a request in progress, closes it gracefully (in-flight requests finish).
 macro_rules! drive {
@@ -257,37 +288,23 @@ async fn serve_connection(
     _guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
-    let scheme = if listening.tls.is_some() {
-        Scheme::Https
-    } else {
-        Scheme::Http
-    };
-    let conn = Arc::new(ConnInfo {
-        state: listening.state.clone(),
-        listener: name,
-        peer,
-        scheme,
-        listener_port: listening.spec.public_port,
-        activity: ConnActivity::default(),
-    });
-    let service = {
-        let conn = conn.clone();
-        service_fn(move |request| proxy::serve(request, conn.clone()))
-    };
     let idle = listening.idle_timeout;
     let result = match &listening.tls {
         None => {
+            let conn = conn_info(&listening, name, peer, None);
             let connection = listening
                 .builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                .serve_connection_with_upgrades(TokioIo::new(stream), service!(conn));
             drive!(connection, conn.activity, idle, shutdown)
         }
         Some(acceptor) => {
             match tokio::time::timeout(listening.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
+                    let sni = tls.get_ref().1.server_name().map(Arc::from);
+                    let conn = conn_info(&listening, name, peer, sni);
                     let connection = listening
                         .builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), service);
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service!(conn));
                     drive!(connection, conn.activity, idle, shutdown)
                 }
                 Ok(Err(e)) => {

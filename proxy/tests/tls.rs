@@ -73,12 +73,22 @@ async fn https_get(
     server_name: &str,
     alpn: &[&[u8]],
 ) -> Result<Reply, meshgate_proxy::Error> {
+    https_get_host(setup, server_name, server_name, alpn).await
+}
+
+/// A GET over TLS with `server_name` as SNI and `host` as Host / :authority.
+async fn https_get_host(
+    setup: &Setup,
+    server_name: &str,
+    host: &str,
+    alpn: &[&[u8]],
+) -> Result<Reply, meshgate_proxy::Error> {
     let tls = Tls {
         server_name: server_name.to_string(),
         roots: vec![setup.a.der.clone(), setup.b.der.clone()],
         alpn: alpn.iter().map(|p| p.to_vec()).collect(),
     };
-    let request = request("GET", server_name, "/tls")
+    let request = request("GET", host, "/tls")
         .body(Full::new(Bytes::new()))
         .unwrap();
     client::send(
@@ -144,4 +154,28 @@ async fn alpn_negotiates_h2_and_http11() {
     assert_eq!(reply.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(reply.version, Version::HTTP_11);
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn host_outside_the_connections_certificate_is_misdirected() {
+    let setup = setup().await;
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        // A connection made for a.example.test reused for a host that another
+        // certificate serves: 421, so the client opens a connection of its own.
+        let reply = https_get_host(&setup, "a.example.test", "shop.b.example.test", &[alpn])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(reply.header("x-meshgate-flags"), Some("MR"));
+
+        // Another host the same (wildcard) certificate covers is served, as is
+        // the same host with a port or in upper case.
+        for host in ["cart.b.example.test", "SHOP.b.example.test:443"] {
+            let reply = https_get_host(&setup, "shop.b.example.test", host, &[alpn])
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{host}");
+            assert_eq!(reply.header("x-route"), Some("all"));
+        }
+    }
 }
