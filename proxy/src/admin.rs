@@ -47,8 +47,8 @@ pub fn respond(request: &Request<Incoming>, state: &State) -> Response<Full<Byte
         }
         "/config" => {
             let snapshot = state.snapshot.load();
-            let bound = state.bound.get().map(Vec::as_slice).unwrap_or_default();
-            let body = serde_json::to_vec_pretty(&snapshot.summary(bound)).unwrap_or_default();
+            let bound = state.bound.load();
+            let body = serde_json::to_vec_pretty(&snapshot.summary(&bound)).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
         "/metrics" => reply(

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod filters;
 pub mod grpc;
 pub mod identity_source;
+pub mod listeners;
 pub mod mesh;
 pub mod metrics;
 pub mod mirror;

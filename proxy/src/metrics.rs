@@ -150,6 +150,8 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     /// Client connections closed at once because `maxConnections` were open.
     pub connections_rejected: AtomicU64,
+    /// Listeners a reload added or changed whose port could not be bound.
+    pub listener_bind_failures: AtomicU64,
     /// Endpoints ejected by passive outlier detection.
     pub outlier_ejections: AtomicU64,
     /// Counters of the workload identity source, once one runs.
@@ -234,7 +236,7 @@ impl Metrics {
                 ("result=\"failed\"", load(&self.reloads_failed)),
             ],
         );
-        let singles: [(&str, &str, &str, i64); 5] = [
+        let singles: [(&str, &str, &str, i64); 6] = [
             (
                 "meshgate_config_version",
                 "gauge",
@@ -258,6 +260,12 @@ impl Metrics {
                 "counter",
                 "Client connections closed on accept because clientTraffic.maxConnections were open.",
                 load(&self.connections_rejected),
+            ),
+            (
+                "meshgate_listener_bind_failures_total",
+                "counter",
+                "Attempts to bind a listener added or changed by a reload that failed (retried every 5 s; the listener it replaces keeps serving).",
+                load(&self.listener_bind_failures),
             ),
             (
                 "meshgate_outlier_ejections_total",

@@ -59,25 +59,6 @@ pub fn apply(state: &State, snapshot: Snapshot) {
     for issue in &snapshot.warnings {
         tracing::warn!(version = snapshot.version, object = %issue.object, "{}", issue.message);
     }
-    if let Some(bound) = state.bound.get() {
-        let old = state.snapshot.load();
-        for l in &snapshot.listeners {
-            match old.listener(&l.name) {
-                None if !bound.iter().any(|b| b.name == l.name) => {
-                    tracing::warn!(listener = %l.name, "new listener needs a restart to be bound")
-                }
-                Some(o) if o.port != l.port || o.protocol != l.protocol => {
-                    tracing::warn!(listener = %l.name, "listener port or protocol change needs a restart; still serving the old one")
-                }
-                _ => {}
-            }
-        }
-        for b in bound {
-            if snapshot.listener(&b.name).is_none() {
-                tracing::warn!(listener = %b.name, "listener removed: it answers 404 until restart");
-            }
-        }
-    }
     tracing::info!(
         version = snapshot.version,
         gateway = %snapshot.gateway,
@@ -96,7 +77,10 @@ pub fn apply(state: &State, snapshot: Snapshot) {
             .map(|m| m.targets.clone())
             .unwrap_or_default(),
     );
+    let version = snapshot.version;
     state.snapshot.store(Arc::new(snapshot));
+    // Listeners added, removed or changed are (re)bound by crate::listeners.
+    state.applied.send_replace(version);
 }
 
 /// What the poller compares: every manifest file's name, size, modification time

@@ -13,9 +13,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{self, ClusterSource};
-use crate::server::{self, ListenerSpec};
+use crate::listeners::{BindPlan, Supervisor};
+use crate::server;
 use crate::snapshot::{compile, GatewayRef};
-use crate::state::{BoundListener, State};
+use crate::state::State;
 use crate::upstream::MeshRuntime;
 use crate::{admin, reload, Error};
 use meshgate_mesh::IdentityManager;
@@ -174,55 +175,22 @@ impl Running {
                 .connection_limit
                 .set(Arc::new(tokio::sync::Semaphore::new(limit)));
         }
-        let specs: Vec<(ListenerSpec, SocketAddr, bool)> = snapshot
-            .listeners
-            .iter()
-            .map(|l| {
-                let overridden = options.listen.get(&l.name).copied();
-                let addr = overridden.unwrap_or(SocketAddr::new(options.bind_ip, l.port));
-                let spec = ListenerSpec {
-                    name: l.name.clone(),
-                    protocol: l.protocol,
-                    public_port: l.port,
-                    tls13_only: l.tls.as_ref().is_some_and(|t| t.tls13_only),
-                };
-                (spec, addr, overridden.is_some())
-            })
-            .collect();
-
         // Bind every listener before serving any, so a failure leaves nothing running.
-        let mut listeners = Vec::new();
-        let mut bound = Vec::new();
-        for (mut spec, addr, overridden) in specs {
-            let listener = match server::bind(addr, &format!("listener {}", spec.name))
-                .and_then(|l| Ok((l.local_addr()?, l)))
-            {
-                Ok(bound) => bound,
-                Err(e) => {
-                    stop_all(tasks);
-                    return Err(e);
-                }
-            };
-            let (local, listener) = listener;
-            if overridden {
-                spec.public_port = local.port();
+        let plan = BindPlan {
+            ip: options.bind_ip,
+            overrides: options.listen.clone(),
+        };
+        let supervisor = match plan
+            .bind_all(&snapshot)
+            .and_then(|bound| Supervisor::start(state.clone(), plan, bound))
+        {
+            Ok(supervisor) => supervisor,
+            Err(e) => {
+                stop_all(tasks);
+                return Err(e);
             }
-            bound.push(BoundListener {
-                name: spec.name.clone(),
-                address: local,
-            });
-            listeners.push((listener, spec));
-        }
-        let _ = state.bound.set(bound.clone());
-        for (listener, spec) in listeners {
-            match server::spawn_listener(listener, spec, state.clone(), shutdown_rx.clone()) {
-                Ok(task) => tasks.push(task),
-                Err(e) => {
-                    stop_all(tasks);
-                    return Err(e);
-                }
-            }
-        }
+        };
+        tasks.push(tokio::spawn(supervisor.run(shutdown_rx.clone())));
         if let (Source::Dir(dir), Some(fingerprint)) = (options.source, fingerprint) {
             tasks.push(tokio::spawn(reload::watch_dir(
                 state.clone(),
@@ -234,9 +202,6 @@ impl Running {
             )));
         }
         state.ready.store(true, Ordering::Relaxed);
-        for b in &bound {
-            tracing::info!(listener = %b.name, address = %b.address, "listening");
-        }
         if let Some(addr) = admin_addr {
             tracing::info!(address = %addr, "admin listening");
         }
@@ -253,7 +218,7 @@ impl Running {
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.state
             .bound
-            .get()?
+            .load()
             .iter()
             .find(|b| b.name == name)
             .map(|b| b.address)

@@ -141,14 +141,14 @@ pub fn connection_builder(client: &ClientSettings) -> auto::Builder<TokioExecuto
     builder
 }
 
-/// Starts the accept loop of one listener. It stops accepting when `shutdown`
-/// changes, then waits for its connections to finish their requests.
-pub fn spawn_listener(
+/// The accept loop of one listener, to be spawned. It stops accepting when
+/// `stop` turns true, then waits for its connections to finish their requests.
+pub fn accept_loop(
     listener: TcpListener,
     spec: ListenerSpec,
     state: Arc<State>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+    stop: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
     let client = state.snapshot.load().client.clone();
     let tls = match spec.protocol {
         ListenerProtocol::HTTP => None,
@@ -166,10 +166,10 @@ pub fn spawn_listener(
         state,
         tls,
     });
-    Ok(tokio::spawn(accept_loop(listener, listening, shutdown)))
+    Ok(accept(listener, listening, stop))
 }
 
-async fn accept_loop(
+async fn accept(
     listener: TcpListener,
     listening: Arc<Listening>,
     mut shutdown: watch::Receiver<bool>,
@@ -181,7 +181,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -49,7 +49,10 @@ pub struct State {
     pub upstream_h2: UpstreamClient,
     /// True once listeners serve a snapshot, false again while shutting down.
     pub ready: AtomicBool,
-    pub bound: OnceLock<Vec<BoundListener>>,
+    /// The listeners as bound now (see [`crate::listeners`]).
+    pub bound: ArcSwap<Vec<BoundListener>>,
+    /// The version of the last applied snapshot; listeners follow it.
+    pub applied: tokio::sync::watch::Sender<u64>,
     /// The mesh targets of the active snapshot, read by the upstream connectors.
     pub mesh_targets: Arc<ArcSwap<MeshTargets>>,
     /// The workload identity used upstream.
@@ -102,7 +105,8 @@ impl State {
             upstream,
             upstream_h2,
             ready: AtomicBool::new(false),
-            bound: OnceLock::new(),
+            bound: ArcSwap::from_pointee(Vec::new()),
+            applied: tokio::sync::watch::Sender::new(0),
             mesh_targets,
             mesh,
             connector,

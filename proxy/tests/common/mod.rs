@@ -105,6 +105,8 @@ pub fn tagged_route(name: &str, matches: &str, backend: &str, extra: &str) -> St
 fn options(source: Source, listeners: &[&str]) -> Options {
     let mut options = Options::new(source);
     options.admin = Some(SocketAddr::from((LOCALHOST, 0)));
+    // Listeners a reload adds bind their manifest port on loopback only.
+    options.bind_ip = LOCALHOST.into();
     // Keep test output readable; tests of the log capture it (`start_yaml_with`).
     options.access_log = meshgate_proxy::access_log::AccessLog::new(Discard);
     options.poll_interval = Duration::from_millis(100);
