@@ -200,6 +200,8 @@ pub async fn istio_mesh_root(client: &Client, ns: &str) -> Result<String, Error>
 }
 
 /// The `helm` binary built by build-tools.sh (`HELM`), run on the chart of this repo.
+pub mod jaeger;
+
 pub mod helm {
     use std::process::{Command, Output};
 

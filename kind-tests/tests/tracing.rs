@@ -4,166 +4,17 @@
 //! through Jaeger's query API. Everything listens on 127.0.0.1.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use meshgate_kind_tests::jaeger::Jaeger;
 use meshgate_proxy::access_log::{AccessLog, LogSink};
 use meshgate_proxy::demo::spawn_echo;
 use meshgate_proxy::runtime::{Options, Running, Source};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A Jaeger process with OTLP gRPC and HTTP receivers and the query API.
-struct Jaeger {
-    child: Child,
-    otlp_grpc: u16,
-    otlp_http: u16,
-    query: u16,
-    dir: PathBuf,
-}
-
-impl Jaeger {
-    fn start() -> Jaeger {
-        let bin = std::env::var("JAEGER").unwrap_or_default();
-        assert!(
-            !bin.is_empty() && std::path::Path::new(&bin).exists(),
-            "JAEGER is not set to a built jaeger binary ({bin:?}); run `bash kind-tests/scripts/build-tools.sh jaeger` and `source kind-tests/scripts/tools.env.sh`"
-        );
-        let (otlp_grpc, otlp_http, query, query_grpc, health) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        );
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jaeger-{query}"));
-        std::fs::create_dir_all(&dir).expect("jaeger dir");
-        let config = format!(
-            r#"service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: mem
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 10000
-  healthcheckv2:
-    use_v2: true
-    http:
-      endpoint: 127.0.0.1:{health}
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{otlp_grpc}
-      http:
-        endpoint: 127.0.0.1:{otlp_http}
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-"#
-        );
-        let config_path = dir.join("config.yaml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::File::create(dir.join("jaeger.log")).expect("log file");
-        let child = Command::new(&bin)
-            .arg(format!("--config={}", config_path.display()))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start jaeger");
-        let jaeger = Jaeger {
-            child,
-            otlp_grpc,
-            otlp_http,
-            query,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, query)).is_err()
-            || std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, otlp_grpc)).is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "jaeger did not start; log:\n{}",
-                jaeger.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        jaeger
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("jaeger.log")).unwrap_or_default()
-    }
-
-    /// The spans of trace `id` once `want` of them arrived (Jaeger's JSON).
-    async fn spans(&self, id: &str, want: usize) -> Vec<Value> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.query));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(reply) =
-                meshgate_proxy::client::get(addr, "jaeger", &format!("/api/traces/{id}")).await
-            {
-                if reply.status == 200 {
-                    let v: Value = reply.json().expect("JSON");
-                    let spans = v["data"][0]["spans"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    if spans.len() >= want {
-                        return spans;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace {id}: fewer than {want} spans in Jaeger; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Jaeger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<String>>>);
@@ -256,7 +107,7 @@ async fn request(addr: SocketAddr, traceparent: Option<&str>) -> Value {
 }
 
 async fn continues_the_client_trace(protocol: &str) {
-    let jaeger = Jaeger::start();
+    let jaeger = Jaeger::start(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
     let echo = spawn_echo("echo").await.expect("echo");
     let endpoint = match protocol {
         "Grpc" => format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
@@ -333,7 +184,7 @@ async fn spans_reach_jaeger_over_otlp_http() {
 
 #[tokio::test]
 async fn an_untrusted_client_context_starts_a_new_trace() {
-    let jaeger = Jaeger::start();
+    let jaeger = Jaeger::start(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
     let echo = spawn_echo("echo").await.expect("echo");
     let endpoint = format!("http://127.0.0.1:{}", jaeger.otlp_grpc);
     let proxy = start(&yaml(echo, &endpoint, "Grpc", false), Capture::default()).await;

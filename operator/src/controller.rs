@@ -95,8 +95,9 @@ where
 }
 
 /// Reconciles one ApiGateway.
-#[tracing::instrument(skip_all, fields(gateway = %gw.name_any(), namespace = gw.namespace().unwrap_or_default()))]
+#[tracing::instrument(name = "reconcile ApiGateway", skip_all, fields(gateway = %gw.name_any(), namespace = gw.namespace().unwrap_or_default(), generation = gw.metadata.generation.unwrap_or_default(), trace_id = tracing::field::Empty))]
 pub async fn reconcile_gateway(gw: Arc<ApiGateway>, ctx: Arc<Context>) -> Result<Action> {
+    crate::telemetry::record_trace_id();
     let started = Instant::now();
     let result = reconcile_gateway_inner(&gw, &ctx).await;
     ctx.metrics.reconciled("ApiGateway", started.elapsed());
@@ -175,8 +176,9 @@ async fn reconcile_gateway_inner(gw: &ApiGateway, ctx: &Context) -> Result<Actio
 }
 
 /// Reconciles the status of one ApiPolicy.
-#[tracing::instrument(skip_all, fields(policy = %p.name_any(), namespace = p.namespace().unwrap_or_default()))]
+#[tracing::instrument(name = "reconcile ApiPolicy", skip_all, fields(policy = %p.name_any(), namespace = p.namespace().unwrap_or_default(), generation = p.metadata.generation.unwrap_or_default(), trace_id = tracing::field::Empty))]
 pub async fn reconcile_policy(p: Arc<ApiPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    crate::telemetry::record_trace_id();
     let started = Instant::now();
     let result = reconcile_policy_inner(&p, &ctx).await;
     ctx.metrics.reconciled("ApiPolicy", started.elapsed());

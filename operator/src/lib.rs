@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod status;
+pub mod telemetry;
 pub mod validate;
 
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use meshgate_crds::gateway::IdentitySource;
-use meshgate_operator::{BuildOptions, LeaseConfig, Options};
+use meshgate_operator::{telemetry, BuildOptions, LeaseConfig, Options};
 
 #[derive(Parser)]
 #[command(name = "meshgate-operator", version, about = "meshgate control plane")]
@@ -80,6 +80,29 @@ struct RunArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meshgate_operator=debug`.
     #[arg(long, env = "MESHGATE_LOG", default_value = "info")]
     log_level: String,
+    /// OTLP endpoint for reconcile traces, e.g. `http://otel-collector:4317`
+    /// (gRPC) or `http://otel-collector:4318/v1/traces` (HTTP); none: no traces.
+    #[arg(long, env = "MESHGATE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    #[arg(
+        long,
+        env = "MESHGATE_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    otlp_protocol: Protocol,
+    /// Share of reconciles traced (0.0 to 1.0).
+    #[arg(long, env = "MESHGATE_TRACE_SAMPLING", default_value_t = 1.0)]
+    trace_sampling: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Protocol {
+    #[value(name = "grpc")]
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
 }
 
 fn main() -> ExitCode {
@@ -101,18 +124,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<(), meshgate_operator::Error> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .map_err(|e| meshgate_operator::Error::Config(format!("--log-level: {e}")))?;
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_writer(std::io::stdout)
-        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| meshgate_operator::Error::Config(format!("tokio runtime: {e}")))?;
+    let export = args
+        .otlp_endpoint
+        .filter(|e| !e.is_empty())
+        .map(|endpoint| telemetry::TraceExport {
+            endpoint,
+            protocol: match args.otlp_protocol {
+                Protocol::Grpc => telemetry::OtlpProtocol::Grpc,
+                Protocol::HttpProtobuf => telemetry::OtlpProtocol::HttpProtobuf,
+            },
+            sampling_ratio: args.trace_sampling,
+        });
+    let _traces = {
+        let _rt = runtime.enter();
+        telemetry::init(&args.log_level, std::io::stdout, export.as_ref())?
+    };
     runtime.block_on(async move {
         let client = kube::Client::try_default().await?;
         let opts = Options {
