@@ -8,6 +8,7 @@ pub mod examples;
 pub mod gateway;
 pub mod manifests;
 pub mod policy;
+pub mod references;
 pub mod route;
 
 pub use common::{Duration, HttpHeader, SecretObjectReference};

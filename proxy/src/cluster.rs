@@ -2,14 +2,20 @@
 //! reflectors and compiles them with the same code as standalone mode.
 //!
 //! Watched: the one ApiGateway (by name), the ApiPolicies of its namespace, and the
-//! Secrets, Services and EndpointSlices of its namespace plus every namespace its
-//! backendRefs, mirror backendRefs and certificateRefs name. Any change wakes the
+//! Secrets, Services and EndpointSlices of its namespace. In every other namespace
+//! its backendRefs, mirror backendRefs, certificateRefs and the Secret references
+//! of the ApiPolicies attached to it name, only what they name ([`Reads::Named`]):
+//! each Secret and Service by a `metadata.name` field selector, and the
+//! EndpointSlices of those Services by label. That is exactly what the operator's
+//! Role there grants, and only when a ReferenceGrant permits it; a watch there that
+//! is refused (403) counts as empty, so the rest of the gateway keeps serving.
+//! Any change wakes the
 //! builder, which waits for the burst to settle ([`DEBOUNCE`], at most
 //! [`MAX_DELAY`]), assembles a [`Manifests`] value from the stores and hands it to
 //! [`compile`]. When the API server goes away the reflectors retry with backoff and
 //! the last good snapshot keeps serving.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -25,6 +31,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use meshgate_crds::manifests::Manifests;
+use meshgate_crds::references;
 use meshgate_crds::{ApiGateway, ApiPolicy};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
@@ -90,14 +97,27 @@ impl ClusterSource {
     }
 }
 
-/// One reflector: its store, whether its first list is complete, and its task.
+/// One reflector: its store, whether its first list is complete, whether the
+/// API server refuses it, and its task.
 struct Watched<K: Resource + 'static>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
     store: Store<K>,
     synced: Arc<AtomicBool>,
+    denied: Arc<AtomicBool>,
     task: JoinHandle<()>,
+}
+
+/// Whether a watch error is the API server refusing access (RBAC).
+fn is_forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
 }
 
 impl<K: Resource + 'static> Drop for Watched<K>
@@ -117,8 +137,9 @@ where
     fn spawn(api: Api<K>, config: watcher::Config, what: String, changed: Arc<Notify>) -> Self {
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
+        let denied = Arc::new(AtomicBool::new(false));
         let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
-        let flag = synced.clone();
+        let (flag, refused) = (synced.clone(), denied.clone());
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut failing = false;
@@ -126,11 +147,17 @@ where
                 match event {
                     Ok(Event::InitDone) => {
                         flag.store(true, Ordering::Release);
+                        refused.store(false, Ordering::Release);
                         changed.notify_one();
                     }
                     Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
                     Ok(Event::Init | Event::InitApply(_)) => {}
                     Err(e) => {
+                        // A refusal is worth a rebuild: what was read before
+                        // must no longer be used (see `NamespaceWatch`).
+                        if is_forbidden(&e) && !refused.swap(true, Ordering::AcqRel) {
+                            changed.notify_one();
+                        }
                         // Logged once per outage; the watcher retries with backoff.
                         if !failing {
                             tracing::warn!(watch = %what, error = %e, "watch failed; retrying, still serving the last configuration");
@@ -148,6 +175,7 @@ where
         Watched {
             store,
             synced,
+            denied,
             task,
         }
     }
@@ -156,68 +184,174 @@ where
         self.synced.load(Ordering::Acquire)
     }
 
+    fn denied(&self) -> bool {
+        self.denied.load(Ordering::Acquire)
+    }
+
     fn objects(&self) -> Vec<K> {
         self.store.state().iter().map(|o| (**o).clone()).collect()
     }
 }
 
-/// The Secrets, Services and EndpointSlices of one namespace.
+/// What the proxy reads in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// The gateway's own namespace: every Secret, Service and EndpointSlice (the
+    /// proxy's Role there allows it).
+    All,
+    /// Another namespace: only the Secrets and Services named there, and those
+    /// Services' EndpointSlices; what the operator's Role there grants.
+    Named {
+        secrets: BTreeSet<String>,
+        services: BTreeSet<String>,
+    },
+}
+
+/// The watches of one namespace.
 struct NamespaceWatch {
-    secrets: Watched<Secret>,
-    services: Watched<Service>,
-    slices: Watched<EndpointSlice>,
+    reads: Reads,
+    secrets: Vec<Watched<Secret>>,
+    services: Vec<Watched<Service>>,
+    slices: Option<Watched<EndpointSlice>>,
 }
 
 impl NamespaceWatch {
-    fn spawn(client: &Client, ns: &str, changed: &Arc<Notify>) -> NamespaceWatch {
-        let config = watcher::Config::default;
-        NamespaceWatch {
-            secrets: Watched::spawn(
+    fn spawn(client: &Client, ns: &str, reads: &Reads, changed: &Arc<Notify>) -> NamespaceWatch {
+        fn watch<K>(
+            client: &Client,
+            ns: &str,
+            config: watcher::Config,
+            what: String,
+            changed: &Arc<Notify>,
+        ) -> Watched<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+                + Clone
+                + DeserializeOwned
+                + Debug
+                + Send
+                + Sync
+                + 'static,
+            K::DynamicType: Eq + Hash + Clone + Default,
+        {
+            Watched::spawn(
                 Api::namespaced(client.clone(), ns),
-                config(),
-                format!("secrets/{ns}"),
+                config,
+                what,
                 changed.clone(),
-            ),
-            services: Watched::spawn(
-                Api::namespaced(client.clone(), ns),
-                config(),
-                format!("services/{ns}"),
-                changed.clone(),
-            ),
-            slices: Watched::spawn(
-                Api::namespaced(client.clone(), ns),
-                config(),
-                format!("endpointslices/{ns}"),
-                changed.clone(),
-            ),
+            )
         }
-    }
-
-    fn synced(&self) -> bool {
-        self.secrets.synced() && self.services.synced() && self.slices.synced()
-    }
-}
-
-/// The namespaces whose Secrets, Services and EndpointSlices `gateway` needs.
-pub fn referenced_namespaces(gateway: &ApiGateway, own: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::from([own.to_string()]);
-    let spec = &gateway.spec;
-    for l in &spec.listeners {
-        for r in l.tls.iter().flat_map(|t| &t.certificate_refs) {
-            out.extend(r.namespace.clone());
-        }
-    }
-    for r in &spec.routes {
-        for b in &r.backend_refs {
-            out.extend(b.namespace.clone());
-        }
-        for f in &r.filters {
-            if let Some(m) = &f.request_mirror {
-                out.extend(m.backend_ref.namespace.clone());
+        let all = watcher::Config::default;
+        match reads {
+            Reads::All => NamespaceWatch {
+                reads: reads.clone(),
+                secrets: vec![watch(client, ns, all(), format!("secrets/{ns}"), changed)],
+                services: vec![watch(client, ns, all(), format!("services/{ns}"), changed)],
+                slices: Some(watch(
+                    client,
+                    ns,
+                    all(),
+                    format!("endpointslices/{ns}"),
+                    changed,
+                )),
+            },
+            Reads::Named { secrets, services } => {
+                // RBAC matches `resourceNames` on list/watch only through a
+                // metadata.name field selector: one watch per object.
+                let named = |n: &String| all().fields(&format!("metadata.name={n}"));
+                let slices = (!services.is_empty()).then(|| {
+                    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+                    let selector = format!("kubernetes.io/service-name in ({})", names.join(","));
+                    watch(
+                        client,
+                        ns,
+                        all().labels(&selector),
+                        format!("endpointslices/{ns} ({selector})"),
+                        changed,
+                    )
+                });
+                NamespaceWatch {
+                    reads: reads.clone(),
+                    secrets: secrets
+                        .iter()
+                        .map(|n| watch(client, ns, named(n), format!("secrets/{ns}/{n}"), changed))
+                        .collect(),
+                    services: services
+                        .iter()
+                        .map(|n| watch(client, ns, named(n), format!("services/{ns}/{n}"), changed))
+                        .collect(),
+                    slices,
+                }
             }
         }
     }
+
+    /// In another namespace a refused watch counts as done and empty: without a
+    /// ReferenceGrant the operator grants nothing there, and the rest of the
+    /// gateway must not wait for it; once access is revoked, what was read
+    /// before is dropped at the next refusal.
+    fn tolerates_denial(&self) -> bool {
+        matches!(self.reads, Reads::Named { .. })
+    }
+
+    fn ready<K>(&self, w: &Watched<K>) -> bool
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Default,
+    {
+        w.synced() || (self.tolerates_denial() && w.denied())
+    }
+
+    fn usable<'a, K>(&self, w: &'a [Watched<K>]) -> impl Iterator<Item = K> + 'a
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Default,
+    {
+        let tolerate = self.tolerates_denial();
+        w.iter()
+            .filter(move |w| !(tolerate && w.denied()))
+            .flat_map(|w| w.objects())
+    }
+
+    fn synced(&self) -> bool {
+        self.secrets.iter().all(|w| self.ready(w))
+            && self.services.iter().all(|w| self.ready(w))
+            && self.slices.iter().all(|w| self.ready(w))
+    }
+
+    fn add_to(&self, m: &mut Manifests) {
+        m.secrets.extend(self.usable(&self.secrets));
+        m.services.extend(self.usable(&self.services));
+        m.endpoint_slices
+            .extend(self.usable(self.slices.as_slice()));
+    }
+}
+
+/// What the proxy of `gateway` (in namespace `own`) reads in each namespace: all
+/// of its own; elsewhere only what the gateway and the `policies` attached to it
+/// name (the same references the operator grants access to).
+pub fn reads(gateway: &ApiGateway, policies: &[ApiPolicy], own: &str) -> BTreeMap<String, Reads> {
+    let refs = references::gateway_and_policy_references(gateway, policies);
+    let mut out = BTreeMap::from([(own.to_string(), Reads::All)]);
+    for (ns, name) in &refs.secrets {
+        if let Some(Reads::Named { secrets, .. }) = entry(&mut out, ns) {
+            secrets.insert(name.clone());
+        }
+    }
+    for (ns, name) in &refs.services {
+        if let Some(Reads::Named { services, .. }) = entry(&mut out, ns) {
+            services.insert(name.clone());
+        }
+    }
     out
+}
+
+/// The entry of `ns`, a new `Named` one if absent.
+fn entry<'a>(out: &'a mut BTreeMap<String, Reads>, ns: &str) -> Option<&'a mut Reads> {
+    Some(out.entry(ns.to_string()).or_insert_with(|| Reads::Named {
+        secrets: BTreeSet::new(),
+        services: BTreeSet::new(),
+    }))
 }
 
 /// Identity of every object version, to skip rebuilding an unchanged world (e.g.
@@ -304,23 +438,27 @@ pub async fn run(
         changed.clone(),
     );
     let mut namespaces: HashMap<String, NamespaceWatch> = HashMap::new();
-    namespaces.insert(own.clone(), NamespaceWatch::spawn(client, &own, &changed));
+    namespaces.insert(
+        own.clone(),
+        NamespaceWatch::spawn(client, &own, &Reads::All, &changed),
+    );
     let selector = source.gateway_ref();
     let mut last: Option<Vec<(String, String)>> = None;
     let mut waiting_logged = false;
 
     while settled(&changed, &mut shutdown).await {
         let gateway_objects = gateways.objects();
-        // Follow the namespaces the gateway refers to.
+        let policy_objects = policies.objects();
+        // Follow what the gateway and its policies refer to.
         let wanted = gateway_objects
             .first()
-            .map(|gw| referenced_namespaces(gw, &own))
-            .unwrap_or_else(|| BTreeSet::from([own.clone()]));
-        namespaces.retain(|ns, _| wanted.contains(ns));
-        for ns in &wanted {
+            .map(|gw| reads(gw, &policy_objects, &own))
+            .unwrap_or_else(|| BTreeMap::from([(own.clone(), Reads::All)]));
+        namespaces.retain(|ns, w| wanted.get(ns) == Some(&w.reads));
+        for (ns, r) in &wanted {
             if !namespaces.contains_key(ns) {
-                tracing::info!(namespace = %ns, "watching Secrets, Services and EndpointSlices");
-                namespaces.insert(ns.clone(), NamespaceWatch::spawn(client, ns, &changed));
+                tracing::info!(namespace = %ns, reads = ?r, "watching Secrets, Services and EndpointSlices");
+                namespaces.insert(ns.clone(), NamespaceWatch::spawn(client, ns, r, &changed));
             }
         }
         if !(gateways.synced() && policies.synced() && namespaces.values().all(|n| n.synced())) {
@@ -328,13 +466,11 @@ pub async fn run(
         }
         let mut manifests = Manifests {
             gateways: gateway_objects,
-            policies: policies.objects(),
+            policies: policy_objects,
             ..Manifests::default()
         };
         for watch in namespaces.values() {
-            manifests.secrets.extend(watch.secrets.objects());
-            manifests.services.extend(watch.services.objects());
-            manifests.endpoint_slices.extend(watch.slices.objects());
+            watch.add_to(&mut manifests);
         }
         if let Some(map) = &source.address_map {
             translate_addresses(&mut manifests.endpoint_slices, map);
@@ -391,7 +527,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn referenced_namespaces_follow_cross_namespace_refs() {
+    fn reads_name_what_is_referenced_in_other_namespaces() {
         let loaded = meshgate_crds::manifests::load_str(
             "t",
             r#"
@@ -400,16 +536,53 @@ kind: ApiGateway
 metadata: {name: gw, namespace: edge}
 spec:
   listeners:
-  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: certs}]}}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: certs}, {name: own}]}}
   routes:
   - name: a
     backendRefs: [{name: s, namespace: shop, port: 80}, {name: t, port: 80}]
     filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, namespace: shadow, port: 80}}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: ApiPolicy
+metadata: {name: keys, namespace: edge}
+spec:
+  targetRefs: [{group: meshgate.io, kind: ApiGateway, name: gw}]
+  authentication:
+    apiKey:
+      credentialRefs: [{name: k, namespace: certs}]
+      extractFrom: [{headers: [x-api-key]}]
 "#,
         );
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        let ns = referenced_namespaces(&loaded.manifests.gateways[0], "edge");
-        let ns: Vec<&str> = ns.iter().map(String::as_str).collect();
-        assert_eq!(ns, ["certs", "edge", "shadow", "shop"]);
+        let m = &loaded.manifests;
+        let got = reads(&m.gateways[0], &m.policies, "edge");
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let named = |secrets: &[&str], services: &[&str]| Reads::Named {
+            secrets: set(secrets),
+            services: set(services),
+        };
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                ("certs".to_string(), named(&["c", "k"], &[])),
+                ("edge".to_string(), Reads::All),
+                ("shadow".to_string(), named(&[], &["m"])),
+                ("shop".to_string(), named(&[], &["s"])),
+            ])
+        );
+    }
+
+    #[test]
+    fn refusals_are_recognised() {
+        let status =
+            |code| Box::new(kube::core::Status::failure("no", "Forbidden").with_code(code));
+        assert!(is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(403))
+        )));
+        assert!(is_forbidden(&watcher::Error::WatchError(status(403))));
+        assert!(!is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(500))
+        )));
+        assert!(!is_forbidden(&watcher::Error::NoResourceVersion));
     }
 }
