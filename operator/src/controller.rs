@@ -11,6 +11,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::DynamicObject;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -18,6 +19,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
+use meshgate_crds::references;
 use meshgate_crds::{ApiGateway, ApiPolicy};
 use serde_json::json;
 
@@ -31,8 +33,7 @@ use crate::policy;
 use crate::status::{self, Observed, Programmed};
 use crate::validate;
 
-/// How often a healthy object is looked at again without any event (picks up
-/// ReferenceGrant changes, which are not watched).
+/// How often a healthy object is looked at again without any event.
 const RESYNC: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -42,6 +43,8 @@ pub struct Context {
     pub build: BuildOptions,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Where objects made in other namespaces may be (for their cleanup).
+    pub scope: apply::Scope,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -108,27 +111,59 @@ pub async fn reconcile_gateway(gw: Arc<ApiGateway>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_gateway_inner(gw: &ApiGateway, ctx: &Context) -> Result<Action> {
-    if gw.metadata.deletion_timestamp.is_some() {
-        // Owned objects go with it (ownerReferences + garbage collection).
-        return Ok(Action::await_change());
-    }
     let ns = gw
         .metadata
         .namespace
         .clone()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = gw.name_any();
+    if gw.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it (ownerReferences + garbage collection); the
+        // ones in other namespaces carry no owner reference and are deleted here.
+        if apply::has_finalizer(gw) {
+            apply::apply_foreign(&ctx.client, &ctx.scope, &ns, &name, &[]).await?;
+            apply::remove_finalizer(&ctx.client, gw).await?;
+            tracing::info!("access in other namespaces deleted; finalizer released");
+        }
+        return Ok(Action::await_change());
+    }
     let mode = IdentityMode::of(gw, &ctx.build);
 
-    // Dereference.
-    let (secrets, services) = dereference::gateway_references(gw);
-    let refs = dereference::resolve(&ctx.client, &ns, secrets, services).await?;
+    // Dereference: the gateway's references and those of the policies attached
+    // to it (the proxy reads their Secrets too).
+    let policies: Vec<ApiPolicy> = Api::<ApiPolicy>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| references::targets(p, gw))
+        .collect();
+    let wanted = references::gateway_and_policy_references(gw, &policies);
+    let refs = dereference::resolve(&ctx.client, &ns, wanted.secrets, wanted.services).await?;
     // Validate.
     let v = validate::validate(gw, &refs, mode);
     // Build + apply (only a valid spec is applied; running proxies are left as they are).
     let (programmed, deployment, service) = if v.accepted() {
         let desired = build::build(gw, &ctx.build)?;
-        let out = apply::apply_all(&ctx.client, &ns, &name, &desired).await?;
+        let foreign = build::foreign_access(
+            &build::Ctx::new(gw, &ctx.build)?,
+            &build::foreign_reads(gw, &policies, &refs),
+        );
+        // The finalizer first: an object in another namespace must never
+        // outlive a gateway deleted while the operator was away.
+        if !foreign.is_empty() {
+            apply::add_finalizer(&ctx.client, gw).await?;
+        }
+        let mut out = apply::apply_all(&ctx.client, &ns, &name, &desired).await?;
+        if !foreign.is_empty() || apply::has_finalizer(gw) {
+            let conflicts =
+                apply::apply_foreign(&ctx.client, &ctx.scope, &ns, &name, &foreign).await?;
+            out.conflicts.extend(conflicts);
+            if foreign.is_empty() {
+                // Nothing left elsewhere: nothing to hold the gateway for.
+                apply::remove_finalizer(&ctx.client, gw).await?;
+            }
+        }
         let programmed = if out.conflicts.is_empty() {
             Programmed::Applied
         } else {
@@ -214,7 +249,7 @@ async fn reconcile_policy_inner(p: &ApiPolicy, ctx: &Context) -> Result<Action> 
     let refs = dereference::resolve(
         &ctx.client,
         &ns,
-        dereference::policy_references(p),
+        dereference::policy_references(p).secrets,
         Default::default(),
     )
     .await?;
@@ -293,11 +328,11 @@ fn gateways_referencing(
         .state()
         .iter()
         .filter(|gw| {
-            let (secrets, services) = dereference::gateway_references(gw);
+            let refs = dereference::gateway_references(gw);
             if secret {
-                secrets.contains(&key)
+                refs.secrets.contains(&key)
             } else {
-                services.contains(&key)
+                refs.services.contains(&key)
             }
         })
         .map(|gw| ObjectRef::from_obj(gw.as_ref()))
@@ -312,6 +347,37 @@ fn owner_gateway<K: Resource>(obj: &K) -> Option<ObjectRef<ApiGateway>> {
         .map(|o| ObjectRef::new(&o.name).within(&ns))
 }
 
+/// The gateway of an object, by owner reference or, for the Roles and
+/// RoleBindings in other namespaces (which cannot have one), by labels.
+fn gateway_of<K: Resource>(obj: &K) -> Option<ObjectRef<ApiGateway>> {
+    owner_gateway(obj).or_else(|| {
+        let labels = obj.meta().labels.as_ref()?;
+        let name = labels.get(build::GATEWAY_LABEL)?;
+        let ns = labels.get(build::GATEWAY_NAMESPACE_LABEL)?;
+        Some(ObjectRef::new(name).within(ns))
+    })
+}
+
+/// Gateways whose references (their own or their policies') point into `ns`:
+/// a ReferenceGrant there can change what they may use.
+fn gateways_referencing_namespace(
+    gateways: &Store<ApiGateway>,
+    policies: &Store<ApiPolicy>,
+    ns: &str,
+) -> Vec<ObjectRef<ApiGateway>> {
+    let policies: Vec<ApiPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
+    gateways
+        .state()
+        .iter()
+        .filter(|gw| {
+            references::gateway_and_policy_references(gw, &policies)
+                .namespaces()
+                .contains(ns)
+        })
+        .map(|gw| ObjectRef::from_obj(gw.as_ref()))
+        .collect()
+}
+
 /// Secrets as metadata only: no Secret data is transferred or kept in memory.
 fn secret_metadata(client: &Client, ns: Option<&str>) -> Api<PartialObjectMeta<Secret>> {
     match ns {
@@ -320,10 +386,13 @@ fn secret_metadata(client: &Client, ns: Option<&str>) -> Api<PartialObjectMeta<S
     }
 }
 
-/// Runs both controllers for one watch scope until `stop` resolves.
+/// Runs both controllers for one watch scope until `stop` resolves. `all` is
+/// every namespace the operator watches (all of them for [`apply::Scope::All`]):
+/// ReferenceGrants there can concern this scope's gateways.
 pub async fn run_scope(
     client: Client,
     ns: Option<String>,
+    all: apply::Scope,
     build: BuildOptions,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -342,16 +411,57 @@ pub async fn run_scope(
         build,
         recorder,
         metrics,
+        scope: all.clone(),
         failures: Mutex::new(HashMap::new()),
     });
 
     let services_store = gw_store.clone();
     let secrets_store = gw_store.clone();
-    let gateways = gw_ctrl
+    let policy_targets_store = gw_store.clone();
+    let mut gw_ctrl = gw_ctrl
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api::<Role>(&client, ns), owned.clone())
-        .owns(api::<RoleBinding>(&client, ns), owned.clone())
+        // Our Roles and RoleBindings: owned in the gateway's namespace, labelled in others.
+        .watches(api::<Role>(&client, ns), owned.clone(), |r| gateway_of(&r))
+        .watches(api::<RoleBinding>(&client, ns), owned.clone(), |r| {
+            gateway_of(&r)
+        })
+        // Attached policies decide which Secrets in other namespaces the proxy reads.
+        .watches(
+            api::<ApiPolicy>(&client, ns),
+            watcher::Config::default(),
+            move |p| {
+                policy_targets_store
+                    .state()
+                    .iter()
+                    .filter(|gw| references::targets(&p, gw))
+                    .map(|gw| ObjectRef::from_obj(gw.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        );
+    // ReferenceGrants live in the namespaces referenced, which may be outside
+    // this scope: watch them wherever the operator may read them.
+    let grant_resource = dereference::reference_grant_resource();
+    let grant_apis: Vec<Api<DynamicObject>> = match &all {
+        apply::Scope::All => vec![Api::all_with(client.clone(), &grant_resource)],
+        apply::Scope::Namespaces(list) => list
+            .iter()
+            .map(|n| Api::namespaced_with(client.clone(), n, &grant_resource))
+            .collect(),
+    };
+    for grants in grant_apis {
+        let (gateways, policies) = (gw_store.clone(), pol_store.clone());
+        gw_ctrl = gw_ctrl.watches_with(
+            grants,
+            grant_resource.clone(),
+            watcher::Config::default(),
+            move |g| {
+                let ns = g.namespace().unwrap_or_default();
+                gateways_referencing_namespace(&gateways, &policies, &ns)
+            },
+        );
+    }
+    let gateways = gw_ctrl
         .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         // Our own Service (addresses) and backend Services (ResolvedRefs).
@@ -408,7 +518,7 @@ pub async fn run_scope(
                 policies_store2
                     .state()
                     .iter()
-                    .filter(|p| dereference::policy_references(p).contains(&key))
+                    .filter(|p| dereference::policy_references(p).secrets.contains(&key))
                     .map(|p| ObjectRef::from_obj(p.as_ref()))
                     .collect::<Vec<_>>()
             },

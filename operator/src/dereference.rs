@@ -6,13 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
-use meshgate_crds::{ApiGateway, ApiPolicy, SecretObjectReference};
 use serde::Deserialize;
 
 use crate::error::Result;
 
-/// Namespace + name.
-pub type Key = (String, String);
+pub use meshgate_crds::references::{gateway_references, policy_references, secret_key, Key};
 
 /// The result of looking one object up.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,65 +113,6 @@ impl Refs {
     }
 }
 
-/// `(namespace, name)` of a Secret reference, defaulting to `ns`.
-pub fn secret_key(r: &SecretObjectReference, ns: &str) -> Key {
-    (
-        r.namespace.clone().unwrap_or_else(|| ns.to_string()),
-        r.name.clone(),
-    )
-}
-
-/// The Secrets and Services an ApiGateway references, by key.
-pub fn gateway_references(gw: &ApiGateway) -> (BTreeSet<Key>, BTreeSet<Key>) {
-    let ns = gw.metadata.namespace.clone().unwrap_or_default();
-    let mut secrets = BTreeSet::new();
-    let mut services = BTreeSet::new();
-    for l in &gw.spec.listeners {
-        for c in l.tls.iter().flat_map(|t| &t.certificate_refs) {
-            secrets.insert(secret_key(c, &ns));
-        }
-    }
-    for r in &gw.spec.routes {
-        for b in &r.backend_refs {
-            services.insert((
-                b.namespace.clone().unwrap_or_else(|| ns.clone()),
-                b.name.clone(),
-            ));
-        }
-        for f in &r.filters {
-            if let Some(m) = &f.request_mirror {
-                let b = &m.backend_ref;
-                services.insert((
-                    b.namespace.clone().unwrap_or_else(|| ns.clone()),
-                    b.name.clone(),
-                ));
-            }
-        }
-    }
-    (secrets, services)
-}
-
-/// The Secrets an ApiPolicy references (API key credentials, local JWKS).
-pub fn policy_references(p: &ApiPolicy) -> BTreeSet<Key> {
-    let ns = p.metadata.namespace.clone().unwrap_or_default();
-    let mut secrets = BTreeSet::new();
-    if let Some(a) = &p.spec.authentication {
-        if let Some(k) = &a.api_key {
-            for c in &k.credential_refs {
-                secrets.insert(secret_key(c, &ns));
-            }
-        }
-        if let Some(j) = &a.jwt {
-            for prov in &j.providers {
-                if let Some(v) = prov.local_jwks.as_ref().and_then(|l| l.value_ref.as_ref()) {
-                    secrets.insert(secret_key(v, &ns));
-                }
-            }
-        }
-    }
-    secrets
-}
-
 fn lookup_err<T>(e: kube::Error) -> Result<Lookup<T>> {
     match e {
         kube::Error::Api(s) if s.code == 403 => Ok(Lookup::Unreadable(s.message)),
@@ -261,6 +200,7 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshgate_crds::ApiGateway;
 
     fn grant(ns: &str, from_ns: &str, kind: &str, name: Option<&str>) -> ReferenceGrant {
         ReferenceGrant {
@@ -331,10 +271,10 @@ spec:
 "#,
         )
         .unwrap();
-        let (secrets, services) = gateway_references(&gw);
-        assert!(secrets.contains(&("shop".into(), "a".into())));
-        assert!(secrets.contains(&("partners".into(), "b".into())));
-        assert!(services.contains(&("shop".into(), "s".into())));
-        assert!(services.contains(&("legacy".into(), "t".into())));
+        let refs = gateway_references(&gw);
+        assert!(refs.secrets.contains(&("shop".into(), "a".into())));
+        assert!(refs.secrets.contains(&("partners".into(), "b".into())));
+        assert!(refs.services.contains(&("shop".into(), "s".into())));
+        assert!(refs.services.contains(&("legacy".into(), "t".into())));
     }
 }

@@ -107,6 +107,11 @@ pub async fn run(
             instance: Some(opts.lease.identity.clone()),
         },
     );
+    let all = if opts.namespaces.is_empty() {
+        apply::Scope::All
+    } else {
+        apply::Scope::Namespaces(opts.namespaces.clone())
+    };
     let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
         vec![None]
     } else {
@@ -129,6 +134,7 @@ pub async fn run(
             controller::run_scope(
                 client.clone(),
                 ns.clone(),
+                all.clone(),
                 opts.build.clone(),
                 recorder.clone(),
                 metrics.clone(),

@@ -82,7 +82,7 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
         })
 }
 
-const FROM_GATEWAY: &str = "ApiGateway";
+pub const FROM_GATEWAY: &str = "ApiGateway";
 
 /// Checks `gw` against what was read.
 pub fn validate(gw: &ApiGateway, refs: &Refs, mode: IdentityMode) -> Validation {

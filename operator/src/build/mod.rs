@@ -3,6 +3,7 @@
 //! builder is covered by the golden files under `operator/tests/golden/`.
 
 mod deployment;
+mod foreign;
 mod rbac;
 mod scaling;
 mod service;
@@ -22,6 +23,10 @@ use meshgate_crds::ApiGateway;
 use crate::error::{Error, Result};
 
 pub use deployment::{deployment, ADMIN_PORT, SIDECAR_ADMIN_PORT};
+pub use foreign::{
+    foreign_access, foreign_name, foreign_reads, foreign_selector, ForeignAccess, ForeignReads,
+    GATEWAY_NAMESPACE_LABEL,
+};
 pub use rbac::{role, role_binding, service_account};
 pub use scaling::{hpa, pdb};
 pub use service::service;
@@ -170,16 +175,29 @@ impl Desired {
 
     /// All objects as one multi-document YAML stream.
     pub fn to_yaml(&self) -> Result<String> {
-        let docs = self
-            .to_values()?
-            .iter()
-            .map(|v| {
-                serde_yaml_ng::to_string(v)
-                    .map_err(|e| Error::Config(format!("YAML of a built object: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(docs.join("---\n"))
+        yaml_stream(&self.to_values()?)
     }
+
+    /// The Roles and RoleBindings in other namespaces as one YAML stream.
+    pub fn foreign_yaml(access: &[ForeignAccess]) -> Result<String> {
+        let mut values = Vec::new();
+        for a in access {
+            values.push(to_value("Role", &a.role)?);
+            values.push(to_value("RoleBinding", &a.role_binding)?);
+        }
+        yaml_stream(&values)
+    }
+}
+
+fn yaml_stream(values: &[serde_json::Value]) -> Result<String> {
+    let docs = values
+        .iter()
+        .map(|v| {
+            serde_yaml_ng::to_string(v)
+                .map_err(|e| Error::Config(format!("YAML of a built object: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(docs.join("---\n"))
 }
 
 fn to_value<T: serde::Serialize>(what: &str, obj: &T) -> Result<serde_json::Value> {
