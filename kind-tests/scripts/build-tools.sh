@@ -9,7 +9,7 @@
 #        build-tools.sh --list         print name and cached path of every tool
 #
 # names: kube-apiserver kube-controller-manager kube-scheduler kubectl
-#        etcd kwok istiod istio-crds helm jaeger
+#        etcd kwok istiod istio-crds gateway-api-crds helm jaeger
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -19,6 +19,7 @@ ETCD_VERSION=v3.6.16  # go.etcd.io/etcd/server/v3 (its root package is `main`)
 KWOK_VERSION=v0.7.0   # sigs.k8s.io/kwok/cmd/kwok
 ISTIO_VERSION=1.31.1  # istio.io/istio tag; tags lack the "v", so the module
 ISTIO_MODULE_VERSION=v0.0.0-20260916195427-190ae921b848 # pseudo-version = tag 1.31.1
+GATEWAY_API_VERSION=v1.6.0 # sigs.k8s.io/gateway-api (the version istio $ISTIO_VERSION pins): its ReferenceGrant CRD
 HELM_VERSION=v3.22.0  # helm.sh/helm/v3/cmd/helm
 JAEGER_VERSION=v1.76.0 # github.com/jaegertracing/jaeger/cmd/jaeger (Jaeger v2: an OTel collector with OTLP in, memory storage, query API)
 # Pseudo-versions that istio $ISTIO_VERSION pins but the module proxy reachable
@@ -37,7 +38,7 @@ BIN_DIR="$CACHE_ROOT/bin"
 SRC_DIR="$CACHE_ROOT/src"   # wrapper modules (go.mod/go.sum) live here, never in the repo
 
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds helm jaeger)
+ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds gateway-api-crds helm jaeger)
 
 tool_version() {
   case "$1" in
@@ -45,6 +46,7 @@ tool_version() {
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     istiod | istio-crds) echo "$ISTIO_VERSION" ;;
+    gateway-api-crds) echo "$GATEWAY_API_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     jaeger) echo "$JAEGER_VERSION" ;;
     *) return 1 ;;
@@ -54,7 +56,10 @@ tool_version() {
 tool_path() {
   local v
   v="$(tool_version "$1")" || { echo "build-tools: unknown tool '$1'" >&2; return 1; }
-  if [[ "$1" == istio-crds ]]; then echo "$BIN_DIR/istio-crds-$v.yaml"; else echo "$BIN_DIR/$1-$v"; fi
+  case "$1" in
+    istio-crds | gateway-api-crds) echo "$BIN_DIR/$1-$v.yaml" ;;
+    *) echo "$BIN_DIR/$1-$v" ;;
+  esac
 }
 
 log() { echo "[build-tools] $*" >&2; }
@@ -65,7 +70,7 @@ print_env() {
   local pair var name
   for pair in KUBE_APISERVER:kube-apiserver KUBE_CONTROLLER_MANAGER:kube-controller-manager \
     KUBE_SCHEDULER:kube-scheduler KUBECTL:kubectl ETCD:etcd KWOK:kwok ISTIOD:istiod \
-    ISTIO_CRDS:istio-crds HELM:helm JAEGER:jaeger; do
+    ISTIO_CRDS:istio-crds GATEWAY_API_CRDS:gateway-api-crds HELM:helm JAEGER:jaeger; do
     var="${pair%%:*}" name="${pair#*:}"
     printf 'export %s=%q\n' "$var" "$(tool_path "$name")"
   done
@@ -271,6 +276,18 @@ build_istio() {
   fi
 }
 
+build_gateway_api_crds() {
+  # Only the ReferenceGrant CRD (standard channel, plain YAML in the module):
+  # the operator reads grants; meshgate implements no Gateway API routes.
+  local json src f=config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml
+  json="$(fetch_module sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION")"
+  src="$(jq -r .Dir <<<"$json")"
+  cp "$src/$f" "$(tool_path gateway-api-crds).tmp"
+  chmod 0644 "$(tool_path gateway-api-crds).tmp"
+  mv -f "$(tool_path gateway-api-crds).tmp" "$(tool_path gateway-api-crds)"
+  log "gateway-api ReferenceGrant CRD $GATEWAY_API_VERSION -> $(tool_path gateway-api-crds)"
+}
+
 build_helm() {
   local json gomod dir p=helm.sh/helm/v3/internal/version
   json="$(fetch_module helm.sh/helm/v3 "$HELM_VERSION")"
@@ -348,6 +365,7 @@ if [[ ${#k8s_missing[@]} -gt 0 ]]; then step "kubernetes $K8S_VERSION" build_k8s
 if has etcd; then step "etcd $ETCD_VERSION" build_etcd; fi
 if has kwok; then step "kwok $KWOK_VERSION" build_kwok; fi
 if [[ ${#istio_missing[@]} -gt 0 ]]; then step "istio $ISTIO_VERSION" build_istio "${istio_missing[@]}"; fi
+if has gateway-api-crds; then step "gateway-api CRDs $GATEWAY_API_VERSION" build_gateway_api_crds; fi
 if has helm; then step "helm $HELM_VERSION" build_helm; fi
 if has jaeger; then step "jaeger $JAEGER_VERSION" build_jaeger; fi
 

@@ -34,15 +34,17 @@ const LEASE: &str = "meshgate-operator";
 const PROXY_IMAGE: &str = "example.invalid/meshgate-proxy:conformance";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One test's world: admin client, namespace, and the operator's client.
+/// One test's world: admin client, namespace (plus other namespaces the
+/// operator also watches), and the operator's client.
 struct World {
     admin: Client,
     ns: TestNamespace,
+    others: Vec<TestNamespace>,
     operator_client: Client,
 }
 
-/// The chart's RBAC objects for a release in `ns` that watches only `ns`.
-fn render_chart_rbac(ns: &str) -> Vec<serde_json::Value> {
+/// The chart's RBAC objects for a release in `ns` that watches `watch`.
+fn render_chart_rbac(ns: &str, watch: &[String]) -> Vec<serde_json::Value> {
     let helm = std::env::var("HELM").expect(
         "HELM must point at the helm built by kind-tests/scripts/build-tools.sh (source kind-tests/scripts/tools.env.sh)",
     );
@@ -53,7 +55,7 @@ fn render_chart_rbac(ns: &str) -> Vec<serde_json::Value> {
             "--namespace",
             ns,
             "--set",
-            &format!("watchNamespaces={{{ns}}}"),
+            &format!("watchNamespaces={{{}}}", watch.join(",")),
         ])
         .args([
             "--kube-version",
@@ -116,12 +118,29 @@ async fn apply_value(client: &Client, obj: &serde_json::Value) {
 
 impl World {
     async fn new(prefix: &str) -> World {
+        World::with_others(prefix, 0).await
+    }
+
+    /// A world whose operator watches its namespace and `others` more.
+    async fn with_others(prefix: &str, others: usize) -> World {
         let admin = client().await.expect("cluster");
         install_crds(&admin).await.expect("CRDs");
         let ns = TestNamespace::create(&admin, prefix)
             .await
             .expect("namespace");
-        for obj in render_chart_rbac(&ns.name) {
+        let mut more = Vec::new();
+        for _ in 0..others {
+            more.push(
+                TestNamespace::create(&admin, prefix)
+                    .await
+                    .expect("namespace"),
+            );
+        }
+        let watch: Vec<String> = std::iter::once(&ns)
+            .chain(&more)
+            .map(|n| n.name.clone())
+            .collect();
+        for obj in render_chart_rbac(&ns.name, &watch) {
             apply_value(&admin, &obj).await;
         }
         let mut cfg = kube::Config::infer().await.expect("kubeconfig");
@@ -131,6 +150,7 @@ impl World {
         World {
             admin,
             ns,
+            others: more,
             operator_client,
         }
     }
@@ -152,7 +172,10 @@ impl World {
                 proxy_image: PROXY_IMAGE.into(),
                 ..BuildOptions::default()
             },
-            namespaces: vec![self.name().to_string()],
+            namespaces: std::iter::once(&self.ns)
+                .chain(&self.others)
+                .map(|n| n.name.clone())
+                .collect(),
             lease: LeaseConfig::new(self.name(), LEASE, &meshgate_operator::default_identity()),
             metrics_addr: None,
         };
@@ -173,6 +196,9 @@ impl World {
     }
 
     async fn finish(self) {
+        for other in self.others {
+            other.delete().await.expect("namespace deleted");
+        }
         self.ns.delete().await.expect("namespace deleted");
     }
 
@@ -881,4 +907,360 @@ fn operator_writes(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Object
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Installs the Gateway API ReferenceGrant CRD that build-tools.sh takes from
+/// the sigs.k8s.io/gateway-api module (`GATEWAY_API_CRDS`).
+async fn install_reference_grant_crd(admin: &Client) {
+    let path = std::env::var("GATEWAY_API_CRDS").expect(
+        "GATEWAY_API_CRDS must point at the CRD file of kind-tests/scripts/build-tools.sh (source kind-tests/scripts/tools.env.sh)",
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for crd in yaml_documents(&text).expect("CRD YAML") {
+        apply_value(admin, &crd).await;
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(admin.clone());
+    wait_for(Duration::from_secs(30), || async {
+        let crd = crds
+            .get("referencegrants.gateway.networking.k8s.io")
+            .await
+            .ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .expect("ReferenceGrant CRD established");
+}
+
+/// Whether `user` (a ServiceAccount) may `verb` `resource` (optionally `name`) in `ns`.
+async fn may(
+    admin: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let sa_ns = user.split(':').nth(2).unwrap_or_default();
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
+            "resourceAttributes": {
+                "namespace": ns, "verb": verb, "group": group, "resource": resource,
+                "name": name.unwrap_or_default(),
+            }
+        }
+    }))
+    .unwrap();
+    let out = Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    out.status.expect("review status").allowed
+}
+
+/// The proxy in cluster mode for `ns/edge`, as the proxy's ServiceAccount
+/// (impersonated), with listeners `http` and `https` on free loopback ports.
+async fn start_proxy_as_its_service_account(ns: &str) -> meshgate_proxy::runtime::Running {
+    use meshgate_proxy::cluster::ClusterSource;
+    use meshgate_proxy::runtime::{Options as ProxyOptions, Running, Source};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let mut cfg = kube::Config::infer().await.expect("kubeconfig");
+    cfg.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:edge-meshgate"));
+    let client = Client::try_from(cfg).expect("impersonating client");
+    let gateway_ref: meshgate_proxy::snapshot::GatewayRef =
+        format!("{ns}/edge").parse().expect("ref");
+    let mut source = ClusterSource::new(client, &gateway_ref);
+    source.address_map = Some(std::collections::HashMap::from([(
+        IpAddr::V4(STAND_IN),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )]));
+    let mut options = ProxyOptions::new(Source::Cluster(source));
+    options.gateway = Some(gateway_ref);
+    options.admin = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    options.listen = ["http", "https"]
+        .into_iter()
+        .map(|l| (l.to_string(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(30), Running::start(options))
+        .await
+        .expect("first snapshot within 30s")
+        .expect("proxy starts")
+}
+
+/// Stand-in endpoint address (TEST-NET-1) that the proxy dials on 127.0.0.1:
+/// the API server refuses loopback addresses in EndpointSlices.
+const STAND_IN: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 1);
+const XNS_HOST: &str = "shop.example.test";
+
+#[tokio::test]
+async fn cross_namespace_references_get_access_there_while_a_grant_permits_them() {
+    let w = World::with_others("op-xns", 1).await;
+    install_reference_grant_crd(&w.admin).await;
+    let (a, b) = (w.name().to_string(), w.others[0].name.clone());
+    let proxy_sa = format!("system:serviceaccount:{a}:edge-meshgate");
+
+    // Namespace b: a backend (Service + EndpointSlice), the edge certificate,
+    // another Secret the proxy must not read, and a grant for gateways in a.
+    let echo = meshgate_proxy::demo::spawn_echo("in-b")
+        .await
+        .expect("echo");
+    let generated = rcgen::generate_simple_self_signed(vec![XNS_HOST.to_string()]).expect("cert");
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "api", "namespace": b},
+            "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "api-1", "namespace": b, "labels": {"kubernetes.io/service-name": "api"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": echo.port()}],
+            "endpoints": [{"addresses": [STAND_IN.to_string()], "conditions": {"ready": true}}]}),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "edge-cert", "namespace": b},
+            "stringData": {"tls.crt": generated.cert.pem(), "tls.key": generated.signing_key.serialize_pem()}}),
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "unrelated", "namespace": b},
+            "stringData": {"password": "not for the proxy"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "edge-from-a", "namespace": b},
+        "spec": {
+            "from": [{"group": "meshgate.io", "kind": "ApiGateway", "namespace": a}],
+            "to": [{"group": "", "kind": "Service"}, {"group": "", "kind": "Secret", "name": "edge-cert"}]
+        }}),
+    ] {
+        apply_value(&w.admin, &obj).await;
+    }
+
+    let op = w.start_operator();
+    w.create_gateway(json!({
+        "listeners": [
+            {"name": "http", "port": 8080, "protocol": "HTTP"},
+            {"name": "https", "port": 8443, "protocol": "HTTPS",
+             "tls": {"certificateRefs": [{"name": "edge-cert", "namespace": b}]}}
+        ],
+        "routes": [{
+            "name": "api",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+            "backendRefs": [{"name": "api", "namespace": b, "port": 80}]
+        }],
+        "mesh": {"mode": "None"},
+        "infrastructure": {"service": {"type": "ClusterIP"}}
+    }))
+    .await;
+    let gw = w.wait_condition("Programmed", "True").await;
+    assert_eq!(condition(&gw, "ResolvedRefs").unwrap().status, "True");
+
+    // The gateway is held for cleanup; b holds exactly the proxy's access.
+    let gw = w.api::<ApiGateway>().get("edge").await.expect("gateway");
+    assert_eq!(gw.finalizers(), ["meshgate.io/cleanup"]);
+    let foreign = format!("edge-meshgate.{a}");
+    let roles: Api<Role> = Api::namespaced(w.admin.clone(), &b);
+    let bindings: Api<RoleBinding> = Api::namespaced(w.admin.clone(), &b);
+    let role = roles.get(&foreign).await.expect("Role in b");
+    assert_eq!(
+        serde_json::to_value(&role.rules).unwrap(),
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["edge-cert"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["services"], "resourceNames": ["api"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ])
+    );
+    assert_eq!(role.labels()["meshgate.io/gateway-namespace"], a);
+    assert!(role.owner_references().is_empty());
+    let binding = bindings.get(&foreign).await.expect("RoleBinding in b");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", "edge-meshgate", Some(a.as_str()))
+    );
+
+    // What the API server now allows the proxy in b (and still refuses).
+    let admin = &w.admin;
+    assert!(
+        may(
+            admin,
+            &proxy_sa,
+            "watch",
+            "",
+            "secrets",
+            &b,
+            Some("edge-cert")
+        )
+        .await
+    );
+    assert!(!may(admin, &proxy_sa, "list", "", "secrets", &b, None).await);
+    assert!(
+        !may(
+            admin,
+            &proxy_sa,
+            "get",
+            "",
+            "secrets",
+            &b,
+            Some("unrelated")
+        )
+        .await
+    );
+    assert!(
+        !may(
+            admin,
+            &proxy_sa,
+            "list",
+            "",
+            "secrets",
+            &b,
+            Some("unrelated")
+        )
+        .await
+    );
+    assert!(may(admin, &proxy_sa, "list", "", "services", &b, Some("api")).await);
+    assert!(
+        may(
+            admin,
+            &proxy_sa,
+            "watch",
+            "discovery.k8s.io",
+            "endpointslices",
+            &b,
+            None
+        )
+        .await
+    );
+    assert!(
+        !may(
+            admin,
+            &proxy_sa,
+            "create",
+            "discovery.k8s.io",
+            "endpointslices",
+            &b,
+            None
+        )
+        .await
+    );
+
+    // A cluster-mode proxy running as that ServiceAccount serves the backend and
+    // the certificate from b.
+    let proxy = start_proxy_as_its_service_account(&a).await;
+    let http_addr = proxy.listener_addr("http").expect("http");
+    let reply = meshgate_proxy::client::get(http_addr, XNS_HOST, "/api/x")
+        .await
+        .expect("request");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json().expect("echo JSON")["backend"], "in-b");
+    let tls = meshgate_proxy::client::Tls {
+        server_name: XNS_HOST.into(),
+        roots: vec![generated.cert.der().clone()],
+        alpn: vec![b"http/1.1".to_vec()],
+    };
+    let request = http::Request::get("/api/tls")
+        .header(http::header::HOST, XNS_HOST)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = meshgate_proxy::client::send(
+        proxy.listener_addr("https").expect("https"),
+        request,
+        Some(&tls),
+    )
+    .await
+    .expect("HTTPS with the certificate from b");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    proxy.shutdown(Duration::from_secs(5)).await;
+
+    // The grant goes: the access in b follows within seconds, and status says why.
+    let grants: Api<DynamicObject> = Api::namespaced_with(
+        w.admin.clone(),
+        &b,
+        &meshgate_operator::dereference::reference_grant_resource(),
+    );
+    let revoked = std::time::Instant::now();
+    grants
+        .delete("edge-from-a", &DeleteParams::default())
+        .await
+        .expect("delete grant");
+    wait_for(Duration::from_secs(10), || async {
+        let gone = roles.get_opt(&foreign).await.ok()?.is_none()
+            && bindings.get_opt(&foreign).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await
+    .expect("Role and RoleBinding in b deleted within 10s of the grant");
+    eprintln!(
+        "access in b revoked {:?} after the grant was deleted",
+        revoked.elapsed()
+    );
+    let gw = w.wait_condition("ResolvedRefs", "False").await;
+    let c = condition(&gw, "ResolvedRefs").unwrap();
+    assert_eq!(c.reason, "RefNotPermitted", "{}", c.message);
+    assert!(!may(admin, &proxy_sa, "list", "", "services", &b, Some("api")).await);
+    // Nothing is held elsewhere any more: the finalizer is released.
+    let released = wait_for(Duration::from_secs(10), || async {
+        let gw = w.api::<ApiGateway>().get("edge").await.ok()?;
+        gw.finalizers().is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        released.is_ok(),
+        "finalizer released once nothing is held in b"
+    );
+
+    // A proxy started now is refused in b and still starts: the rest of the
+    // gateway serves; the route and certificate from b are reported missing.
+    let proxy = start_proxy_as_its_service_account(&a).await;
+    let config =
+        meshgate_proxy::client::get(proxy.admin_addr().expect("admin"), "admin", "/config")
+            .await
+            .expect("config")
+            .json()
+            .expect("JSON");
+    let errors = config["errors"].to_string();
+    assert!(errors.contains(&format!("{b}/api")), "{errors}");
+    assert!(errors.contains(&format!("{b}/edge-cert")), "{errors}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+
+    // The grant comes back (access in b again), then the gateway is deleted:
+    // the finalizer holds it until the access in b is gone.
+    apply_value(
+        &w.admin,
+        &json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "edge-from-a", "namespace": b},
+            "spec": {
+                "from": [{"group": "meshgate.io", "kind": "ApiGateway", "namespace": a}],
+                "to": [{"group": "", "kind": "Service"}, {"group": "", "kind": "Secret", "name": "edge-cert"}]
+            }}),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), || async {
+        roles.get_opt(&foreign).await.ok()?.map(|_| ())
+    })
+    .await
+    .expect("Role in b back within 10s of the grant");
+    w.wait_condition("ResolvedRefs", "True").await;
+    w.api::<ApiGateway>()
+        .delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete gateway");
+    wait_for(WAIT, || async {
+        let gone = w.api::<ApiGateway>().get_opt("edge").await.ok()?.is_none()
+            && roles.get_opt(&foreign).await.ok()?.is_none()
+            && bindings.get_opt(&foreign).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await
+    .expect("the gateway disappears and its access in b with it");
+
+    op.stop().await;
+    w.finish().await;
 }
