@@ -15,6 +15,7 @@ pub mod filters;
 pub mod grpc;
 pub mod identity_source;
 pub mod listeners;
+pub mod loadgen;
 pub mod mesh;
 pub mod metrics;
 pub mod mirror;

@@ -183,6 +183,17 @@ pub async fn start_dir(dir: &Path, listeners: &[&str]) -> Running {
         .expect("proxy starts")
 }
 
+/// Starts a proxy on a manifest directory after `adjust` has changed the options.
+pub async fn start_dir_with(
+    dir: &Path,
+    listeners: &[&str],
+    adjust: impl FnOnce(&mut Options),
+) -> Running {
+    let mut options = options(Source::Dir(dir.to_path_buf()), listeners);
+    adjust(&mut options);
+    Running::start(options).await.expect("proxy starts")
+}
+
 /// A free port on 127.0.0.1 that nothing listens on (connections are refused).
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind((LOCALHOST, 0)).expect("bind");
