@@ -12,8 +12,9 @@
 //! Any change wakes the
 //! builder, which waits for the burst to settle ([`DEBOUNCE`], at most
 //! [`MAX_DELAY`]), assembles a [`Manifests`] value from the stores and hands it to
-//! [`compile`]. When the API server goes away the reflectors retry with backoff and
-//! the last good snapshot keeps serving.
+//! [`compile`]. When the API server goes away the reflectors retry with backoff
+//! ([`WatchBackoff`], at most [`WATCH_RETRY_MAX`] apart) and the last good
+//! snapshot keeps serving.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -45,6 +46,39 @@ use crate::{reload, Error};
 pub const DEBOUNCE: Duration = Duration::from_millis(75);
 /// Longest a change waits for a burst to end.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
+/// First retry of a failed watch or list.
+pub const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between retries while the API server is away. kube-runtime's
+/// default (client-go's: 30 s plus up to 100% jitter) left the proxy on a stale
+/// configuration for up to a minute after a 60 s API server outage; a few
+/// cheap requests per proxy every 5 s bring it back within seconds.
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Retry delays of one reflector: doubling from [`WATCH_RETRY_MIN`] up to
+/// [`WATCH_RETRY_MAX`], each 50-100% of its nominal value so that proxies
+/// coming back together do not retry in step; reset by every event received.
+#[derive(Debug, Default)]
+pub struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let nominal = WATCH_RETRY_MIN
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(WATCH_RETRY_MAX);
+        self.failures = self.failures.saturating_add(1);
+        Some(nominal.mul_f64(0.5 + fastrand::f64() * 0.5))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
 
 /// Where cluster mode reads from.
 #[derive(Clone)]
@@ -138,7 +172,10 @@ where
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
         let denied = Arc::new(AtomicBool::new(false));
-        let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(api, config).backoff(WatchBackoff::default()),
+        );
         let (flag, refused) = (synced.clone(), denied.clone());
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
@@ -525,6 +562,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next().unwrap()).collect();
+        let nominal = [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000];
+        for (d, n) in delays.iter().zip(nominal) {
+            let n = Duration::from_millis(n);
+            assert!(*d >= n / 2 && *d <= n, "{d:?} not within 50-100% of {n:?}");
+        }
+        b.reset();
+        assert!(b.next().unwrap() <= WATCH_RETRY_MIN);
+    }
 
     #[test]
     fn reads_name_what_is_referenced_in_other_namespaces() {
