@@ -4,7 +4,11 @@
 # kube-scheduler, kwok (fake nodes/kubelets) and istiod (CA + XDS).
 #
 # usage: local-cluster.sh up|down|env|status [STATE_DIR]
+#        local-cluster.sh stop|start STATE_DIR COMPONENT
 #   STATE_DIR defaults to ${MESHGATE_CLUSTER_DIR:-/tmp/meshgate-cluster}
+#   stop/start take one component of a running cluster down and bring it back
+#   with exactly the flags `up` used (outage tests); COMPONENT is one of
+#   etcd kube-apiserver kube-controller-manager kube-scheduler kwok istiod.
 #
 # Layout of STATE_DIR: kubeconfig (admin), pki/, logs/<component>.log,
 # pids/<component>.pid, ports.env (ports used), istio-root-cert.pem, etcd/,
@@ -81,7 +85,8 @@ start() {
   local name="$1" cwd="$2"
   shift 2
   mkdir -p "$cwd"
-  (cd "$cwd" && exec setsid "$@" </dev/null >"$STATE/logs/$name.log" 2>&1) &
+  # Appended: a component restarted by `start` keeps its earlier log.
+  (cd "$cwd" && exec setsid "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1) &
   echo $! >"$STATE/pids/$name.pid"
   log "$name started (pid $!)"
 }
@@ -388,6 +393,48 @@ cmd_up() {
   echo "export KUBECONFIG=$STATE/kubeconfig"
 }
 
+# stop_one <component>: TERM its process group, KILL after 10 s, wait for its ports.
+stop_one() {
+  local c="$1" p port
+  p="$(pid_of "$c")" || die "$c is not running (no $STATE/pids/$c.pid)"
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL -- "-$p" 2>/dev/null || true
+  rm -f "$STATE/pids/$c.pid"
+  for port in $(ports_of "$c"); do
+    for _ in $(seq 1 40); do port_open "$port" || break; sleep 0.25; done
+  done
+  log "$c stopped"
+}
+
+ports_of() {
+  case "$1" in
+    etcd) echo "$ETCD_PORT $ETCD_PEER_PORT" ;;
+    kube-apiserver) echo "$APISERVER_PORT" ;;
+    kube-controller-manager) echo "$KCM_PORT" ;;
+    kube-scheduler) echo "$SCHEDULER_PORT" ;;
+    kwok) echo "$KWOK_PORT" ;;
+    istiod) echo "$ISTIOD_XDS_PORT $ISTIOD_GRPC_PORT $ISTIOD_MONITOR_PORT $ISTIOD_WEBHOOK_PORT $ISTIOD_HTTP_PORT $ISTIOD_CTRLZ_PORT" ;;
+    *) die "unknown component '$1' (one of: ${COMPONENTS[*]})" ;;
+  esac
+}
+
+# start_one <component>: the same start_<component> that `up` runs.
+start_one() {
+  local c="$1"
+  ports_of "$c" >/dev/null
+  [[ -f "$STATE/kubeconfig" ]] || die "no cluster in $STATE (run up first)"
+  alive "$c" && die "$c is already running (pid $(pid_of "$c"))"
+  case "$c" in
+    etcd) start_etcd ;;
+    kube-apiserver) start_apiserver ;;
+    kube-controller-manager) start_controller_manager ;;
+    kube-scheduler) start_scheduler ;;
+    kwok) start_kwok ;;
+    istiod) start_istiod ;;
+  esac
+}
+
 cmd_status() {
   local c
   for c in "${COMPONENTS[@]}"; do
@@ -400,5 +447,7 @@ case "$CMD" in
   down) cmd_down ;;
   env) print_env ;;
   status) cmd_status ;;
-  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+  stop) [[ -n "${3:-}" ]] || die "usage: $0 stop STATE_DIR COMPONENT"; stop_one "$3" ;;
+  start) [[ -n "${3:-}" ]] || die "usage: $0 start STATE_DIR COMPONENT"; start_one "$3" ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac
