@@ -2,6 +2,8 @@
 //! proxy started on 127.0.0.1 with every listener on a free port.
 #![allow(dead_code)]
 
+pub mod h2raw;
+pub mod hostile;
 pub mod keys;
 pub mod redis;
 
