@@ -293,7 +293,8 @@ pub struct ClientTraffic {
     /// Time allowed to receive the request headers (slowloris guard); default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_header_timeout: Option<Duration>,
-    /// Idle connection timeout; default 60s.
+    /// Idle connection timeout, also the longest wait for more of a request
+    /// body (a stalled body is answered 408); default 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     /// Maximum total request header bytes; default 64 KiB.

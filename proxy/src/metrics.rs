@@ -41,10 +41,12 @@ pub enum Flag {
     PolicyError,
     /// The request's host needs another certificate than its TLS connection's (421).
     Misdirected,
+    /// The client stopped sending its request body for `idleTimeout` (408).
+    ClientTimeout,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 13] = [
+    pub const ALL: [Flag; 14] = [
         Flag::NoRoute,
         Flag::NoHealthy,
         Flag::UpstreamConnect,
@@ -58,6 +60,7 @@ impl Flag {
         Flag::RequestTooLarge,
         Flag::PolicyError,
         Flag::Misdirected,
+        Flag::ClientTimeout,
     ];
 
     /// The short code sent in `x-meshgate-flags` (Envoy-style).
@@ -76,6 +79,7 @@ impl Flag {
             Flag::RequestTooLarge => "RTL",
             Flag::PolicyError => "PE",
             Flag::Misdirected => "MR",
+            Flag::ClientTimeout => "CT",
         }
     }
 }

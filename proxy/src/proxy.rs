@@ -26,7 +26,7 @@ use crate::access_log::{CountedBody, Entry};
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
 use crate::metrics::Flag;
-use crate::policy::limits::{BoxError, LimitedBody};
+use crate::policy::limits::{BodyFailure, BoxError, LimitedBody};
 use crate::policy::{Admitted, PolicyRequest, Refused};
 use crate::retry::{self, Failure, RetryPolicy};
 use crate::routes::{Route, UpstreamSettings};
@@ -351,7 +351,9 @@ pub async fn handle(
             trace_id: trace.as_ref().map(|t| t.trace_id),
         });
         let counter = log.as_ref().and_then(|l| l.bytes_in.clone());
-        let request = request.map(|body| LimitedBody::unlimited(CountedBody::new(body, counter)));
+        let stall = snapshot.client.idle_timeout;
+        let request =
+            request.map(|body| LimitedBody::client(CountedBody::new(body, counter), stall));
         (
             plan(request, conn, &snapshot, kind, upgrade, trace.as_ref()).await,
             log,
@@ -814,7 +816,9 @@ impl Attempt {
     fn failed(&self) -> bool {
         match self {
             Attempt::Response(r) => r.status().is_server_error(),
-            Attempt::Timeout | Attempt::Failed(_) => true,
+            Attempt::Timeout => true,
+            // The client's own body failing says nothing about the endpoint.
+            Attempt::Failed(e) => BodyFailure::of(e).is_none(),
         }
     }
 
@@ -893,6 +897,24 @@ fn timeout_response() -> (Response<ProxyBody>, Option<Flag>) {
     )
 }
 
+/// The answer when the client's request body failed: 408 when it stalled, else
+/// 400 (a malformed body, e.g. an invalid chunk size).
+fn client_body_response(failure: Option<BodyFailure>) -> (Response<ProxyBody>, Option<Flag>) {
+    let (status, flag, body) = match failure {
+        Some(BodyFailure::Stalled) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Flag::ClientTimeout,
+            "request body timeout\n",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "request body failed\n",
+        ),
+    };
+    (local_response(status, Some(flag), body), Some(flag))
+}
+
 /// The response for the client from the last attempt.
 fn finish(
     outcome: Attempt,
@@ -909,6 +931,10 @@ fn finish(
             (Response::from_parts(parts, Either::Left(body)), None)
         }
         Attempt::Timeout => timeout_response(),
+        Attempt::Failed(e) if BodyFailure::of(&e).is_some() => {
+            tracing::debug!(route = %route.name, error = %error_chain(&e), "client request body failed");
+            client_body_response(BodyFailure::of(&e))
+        }
         Attempt::Failed(e) => {
             if let Some(mesh) = crate::upstream::mesh_identity_error(&e) {
                 tracing::warn!(route = %route.name, %upstream, error = %mesh, flag = Flag::MeshIdentity.code(), "mesh identity refused");
@@ -991,12 +1017,8 @@ async fn forward(
         Ok(body) => body,
         Err(e) => {
             tracing::debug!(route = %route.name, error = %e, "reading the request body failed");
-            let flag = Flag::BadRequest;
-            return (
-                local_response(StatusCode::BAD_REQUEST, Some(flag), "request body failed\n"),
-                Some(flag),
-                upstream,
-            );
+            let (response, flag) = client_body_response(BodyFailure::of(&*e));
+            return (response, flag, upstream);
         }
     };
     if let Some(mirror) = mirror {

@@ -99,6 +99,54 @@ async fn slowloris_headers_are_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn slowloris_body_is_cut_by_the_body_idle_timeout() {
+    // No route timeout: only the client-side timeouts protect the proxy.
+    let (proxy, addr) = child(
+        "slow-body",
+        "{requestHeaderTimeout: 1s, idleTimeout: 1s}",
+        "",
+    )
+    .await;
+    // A body byte every 1.5 s: each gap is longer than the idle timeout.
+    let reply = dribble(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\nx",
+        b"x",
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert!(reply.closed, "still open after {:?}", reply.elapsed);
+    assert_eq!(reply.statuses(), vec![408], "{}", reply.text());
+    eprintln!(
+        "FIGURE slowloris body (stalled): 408 after {:?}",
+        reply.elapsed
+    );
+
+    // A body that keeps trickling (a byte every 200 ms) is bounded by the
+    // route's request timeout.
+    drop(proxy);
+    let (proxy, addr) = child(
+        "slow-body-2",
+        "{requestHeaderTimeout: 1s, idleTimeout: 1s}",
+        "    timeouts: {request: 2s}\n",
+    )
+    .await;
+    let reply = dribble(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\nx",
+        b"x",
+        Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(reply.statuses(), vec![504], "{}", reply.text());
+    eprintln!(
+        "FIGURE slowloris body (trickle): 504 after {:?}",
+        reply.elapsed
+    );
+    drop(proxy);
+}
+
+#[tokio::test]
 async fn idle_connection_flood_is_bounded_and_others_are_served() {
     let (proxy, addr) = child(
         "idle-flood",
@@ -213,4 +261,41 @@ async fn proxy_metric(proxy: &ChildProxy, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+#[tokio::test]
+async fn malformed_chunked_body_is_400_not_an_upstream_failure() {
+    let recorder = Recorder::spawn().await;
+    let route = tagged_route(
+        "all",
+        "[{path: {value: /}}]",
+        "rec",
+        "    hostnames: [a.test]\n",
+    );
+    let yaml = gateway_yaml(&http_listener("http", 80), &route)
+        + &service_yaml("rec", recorder.addr, true);
+    let proxy = start_yaml(&yaml, &["http"]).await;
+    let addr = proxy.listener_addr("http").unwrap();
+    let reply = raw_exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(reply.statuses(), vec![400], "{}", reply.text());
+    assert!(
+        reply.text().contains("x-meshgate-flags: BR"),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.closed);
+    assert!(
+        recorder.seen().iter().all(|s| s.body.is_err()),
+        "{:?}",
+        recorder.seen()
+    );
+    assert_eq!(
+        metric(&proxy, "meshgate_local_responses_total{flag=\"UC\"}").await,
+        Some(0.0)
+    );
 }

@@ -2,11 +2,18 @@
 //! limit is enforced while the body streams, never by buffering it: the body
 //! fails once it passes the limit, the upstream request is aborted, and the
 //! proxy answers 413 instead of the resulting 502.
+//!
+//! The same wrapper guards every client request body against stalls (no data
+//! for `idleTimeout`: a slowloris body, answered 408) and marks the client's
+//! own body errors (e.g. an invalid chunk size, answered 400), so that neither
+//! is reported as an upstream failure.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -84,11 +91,52 @@ impl Tripped {
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// A request body with an optional size limit.
+/// The error a client body yields after no data arrived for the stall timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data from the client for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// An error of the client's body itself (malformed chunked encoding, the client
+/// went away), as opposed to a failure of the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(pub BoxError);
+
+/// Why a client request body failed, found in an error's source chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// No data for the stall timeout (408).
+    Stalled,
+    /// The client sent a malformed body (400).
+    Client,
+}
+
+impl BodyFailure {
+    /// Finds a client body failure in `error` or its sources.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<BodyFailure> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if e.is::<BodyStalled>() {
+                return Some(BodyFailure::Stalled);
+            }
+            if e.is::<ClientBodyError>() {
+                return Some(BodyFailure::Client);
+            }
+            current = e.source();
+        }
+        None
+    }
+}
+
+/// A request body with an optional size limit and an optional stall timeout.
 pub struct LimitedBody<B> {
     inner: B,
     limit: Option<(u64, Tripped)>,
     seen: u64,
+    stall: Option<Duration>,
+    /// Armed while the body waits for data; allocated only for a body that waits.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl<B> LimitedBody<B> {
@@ -97,6 +145,18 @@ impl<B> LimitedBody<B> {
             inner,
             limit: None,
             seen: 0,
+            stall: None,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    /// A client body that fails with [`BodyStalled`] when no data arrives for
+    /// `stall`, and whose own errors become [`ClientBodyError`].
+    pub fn client(inner: B, stall: Duration) -> LimitedBody<B> {
+        LimitedBody {
+            stall: Some(stall),
+            ..LimitedBody::unlimited(inner)
         }
     }
 
@@ -121,7 +181,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(stall) = this.stall {
+            if polled.is_pending() {
+                if !this.waiting {
+                    // A new wait for data starts its stall period.
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + stall;
+                    match &mut this.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                if let Some(sleep) = &mut this.sleep {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(BodyStalled(stall)))));
+                    }
+                }
+            } else {
+                this.waiting = false;
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some((max, tripped)), Some(data)) = (&this.limit, frame.data_ref()) {
                     this.seen += data.len() as u64;
@@ -131,6 +212,9 @@ where
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) if this.stall.is_some() => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
