@@ -2,7 +2,7 @@
 # Soak: a standalone meshgate-proxy under a steady mixed load (HTTP/1.1, h2c,
 # gRPC, WebSocket) with a manifest reload every RELOAD_EVERY seconds, sampling
 # the proxy's RSS and open fds. Prints start/end/max and every error; exits 1 on
-# any error. Run by hand (see docs/reliability-outages.md for recorded runs):
+# any error. Run by hand (see docs/reliability.md for recorded runs):
 #
 #   proxy/bench/soak.sh                          # 30 min, 20 req/s per protocol
 #   DURATION=300 RATE=10 proxy/bench/soak.sh     # a 5-minute run

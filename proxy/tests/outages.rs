@@ -1,7 +1,7 @@
 //! Outages under load, standalone: a constant-rate load
 //! (`meshgate_proxy::loadgen`) runs through each scenario and every failed
 //! request is counted. Each test asserts the exact failures: none, or only
-//! those the scenario makes inevitable, each accounted for (docs/reliability-outages.md).
+//! those the scenario makes inevitable, each accounted for (docs/reliability.md).
 
 mod common;
 
