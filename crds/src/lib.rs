@@ -10,6 +10,7 @@ pub mod manifests;
 pub mod policy;
 pub mod references;
 pub mod route;
+pub mod upstream;
 
 pub use common::{Duration, HttpHeader, SecretObjectReference};
 pub use gateway::{ApiGateway, ApiGatewaySpec, ApiGatewayStatus};

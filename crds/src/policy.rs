@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::SecretObjectReference;
 pub use crate::route::{Retry, RouteTimeouts};
+pub use crate::upstream::{CircuitBreaker, HealthCheck, LoadBalancer};
 
 /// Desired state of an ApiPolicy.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -20,7 +21,7 @@ pub use crate::route::{Retry, RouteTimeouts};
     shortname = "apol",
     category = "meshgate",
     namespaced,
-    doc = "API policy (authentication, authorization, rate limits, CORS, IP rules, limits, timeouts, retries) attached to an ApiGateway, a listener or a route.",
+    doc = "API policy (authentication, authorization, rate limits, CORS, IP rules, limits, timeouts, retries, load balancing, circuit breaking, health checks) attached to an ApiGateway, a listener or a route.",
     status = "ApiPolicyStatus",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
     printcolumn = r#"{"name":"Section","type":"string","jsonPath":".spec.targetRefs[0].sectionName"}"#,
@@ -28,7 +29,7 @@ pub use crate::route::{Retry, RouteTimeouts};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.authentication) || has(self.authorization) || has(self.rateLimit) || has(self.cors) || has(self.ipFilter) || has(self.requestLimits) || has(self.timeouts) || has(self.retry)").message("an ApiPolicy must set at least one policy (authentication, authorization, rateLimit, cors, ipFilter, requestLimits, timeouts or retry)"))]
+#[x_kube(validation = Rule::new("has(self.authentication) || has(self.authorization) || has(self.rateLimit) || has(self.cors) || has(self.ipFilter) || has(self.requestLimits) || has(self.timeouts) || has(self.retry) || has(self.loadBalancer) || has(self.circuitBreaker) || has(self.healthCheck)").message("an ApiPolicy must set at least one policy (authentication, authorization, rateLimit, cors, ipFilter, requestLimits, timeouts, retry, loadBalancer, circuitBreaker or healthCheck)"))]
 pub struct ApiPolicySpec {
     /// What the policy applies to: an ApiGateway, or one listener or route of it.
     #[schemars(length(min = 1, max = 16))]
@@ -62,6 +63,15 @@ pub struct ApiPolicySpec {
     /// Retry override for the target's routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// How an endpoint of each backend is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Limits on requests and retries in flight per backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Active health checks of the endpoints of each backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Kinds a policy can target.
