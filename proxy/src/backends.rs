@@ -11,6 +11,10 @@ use http::uri::Authority;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshgate_crds::manifests::Manifests;
+use meshgate_crds::upstream::LoadBalancerType;
+
+use crate::health::{EndpointHealth, RouteHealth};
+use crate::load::{BackendLoad, EndpointLoad, LoadRegistry};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -53,8 +57,40 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, made once so requests need not format it.
     pub authority: Authority,
+    /// Requests in flight here, for least-request balancing.
+    pub load: Arc<EndpointLoad>,
     outlier: Outlier,
     pool: Arc<Pool>,
+}
+
+/// How an endpoint of a backend is chosen (ApiPolicy `loadBalancer.type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Power of two choices: of two endpoints drawn at random, the one with
+    /// fewer requests in flight.
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+impl From<LoadBalancerType> for Balance {
+    fn from(t: LoadBalancerType) -> Balance {
+        match t {
+            LoadBalancerType::LeastRequest => Balance::LeastRequest,
+            LoadBalancerType::RoundRobin => Balance::RoundRobin,
+            LoadBalancerType::Random => Balance::Random,
+        }
+    }
+}
+
+/// Why a backend gave no endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoPick {
+    /// No ready endpoint.
+    Empty,
+    /// Every endpoint fails its active health check.
+    Unhealthy,
 }
 
 impl Endpoint {
@@ -129,22 +165,53 @@ pub struct Backend {
     /// kubernetes.io/h2c` (or `grpc`, `http2`), or a port name starting with
     /// `grpc` or `http2`.
     pub h2: bool,
+    /// Requests and retries in flight, for circuit breaking.
+    pub load: Arc<BackendLoad>,
     next: AtomicUsize,
 }
 
 impl Backend {
+    /// A backend with counters of its own (mirrors, tests).
     pub fn new(name: String, weight: u32, addrs: Vec<SocketAddr>) -> Backend {
+        let loads = (
+            Arc::default(),
+            addrs.iter().map(|_| Arc::default()).collect(),
+        );
+        Backend::with_loads(name, weight, addrs, loads)
+    }
+
+    /// A backend of route `route` whose in-flight counters are shared through
+    /// `registry` with the snapshots before and after this one.
+    pub fn shared(
+        route: &str,
+        name: String,
+        weight: u32,
+        addrs: Vec<SocketAddr>,
+        registry: &LoadRegistry,
+    ) -> Backend {
+        let loads = registry.get(route, &name, &addrs);
+        Backend::with_loads(name, weight, addrs, loads)
+    }
+
+    fn with_loads(
+        name: String,
+        weight: u32,
+        addrs: Vec<SocketAddr>,
+        (load, endpoint_loads): (Arc<BackendLoad>, Vec<Arc<EndpointLoad>>),
+    ) -> Backend {
         let pool = Arc::new(Pool {
             ejected: AtomicUsize::new(0),
             size: addrs.len(),
         });
         let endpoints = addrs
             .into_iter()
-            .filter_map(|addr| {
+            .zip(endpoint_loads)
+            .filter_map(|(addr, load)| {
                 let authority = Authority::try_from(addr.to_string()).ok()?;
                 Some(Arc::new(Endpoint {
                     addr,
                     authority,
+                    load,
                     outlier: Outlier::default(),
                     pool: pool.clone(),
                 }))
@@ -155,6 +222,7 @@ impl Backend {
             weight,
             endpoints,
             h2: false,
+            load,
             next: AtomicUsize::new(0),
         }
     }
@@ -165,25 +233,56 @@ impl Backend {
         self
     }
 
-    /// Round robin over the ready endpoints that are not ejected.
-    fn pick(&self) -> Option<&Arc<Endpoint>> {
+    /// An endpoint by `balance` among those that pass their health check
+    /// (`health`, by endpoint index) and are not ejected. When every healthy
+    /// endpoint is ejected, a healthy one is used all the same.
+    fn pick(
+        &self,
+        balance: Balance,
+        health: Option<&[Arc<EndpointHealth>]>,
+    ) -> Result<&Arc<Endpoint>, NoPick> {
         let n = self.endpoints.len();
-        match n {
-            0 => None,
-            1 => self.endpoints.first(),
-            n => {
-                let start = self.next.fetch_add(1, Relaxed);
-                let first = self.endpoints.get(start % n);
-                if self.endpoints[0].pool.ejected.load(Relaxed) == 0 {
-                    return first;
-                }
-                let now = now_ms();
-                (0..n)
-                    .filter_map(|i| self.endpoints.get((start + i) % n))
-                    .find(|e| !e.ejected_at(now))
-                    .or(first)
-            }
+        if n == 0 {
+            return Err(NoPick::Empty);
         }
+        let healthy = |i: usize| health.and_then(|h| h.get(i)).is_none_or(|h| h.is_healthy());
+        let ejections = self.endpoints[0].pool.ejected.load(Relaxed) > 0;
+        let now = if ejections { now_ms() } else { 0 };
+        let usable = |i: usize| healthy(i) && !(ejections && self.endpoints[i].ejected_at(now));
+        if n == 1 {
+            return if healthy(0) {
+                Ok(&self.endpoints[0])
+            } else {
+                Err(NoPick::Unhealthy)
+            };
+        }
+        let start = match balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Relaxed) % n,
+            Balance::Random => fastrand::usize(..n),
+            Balance::LeastRequest => {
+                // Two distinct endpoints at random; the less loaded wins.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+                match (usable(a), usable(b)) {
+                    (true, true) => {
+                        let lighter =
+                            eb.load.in_flight.load(Relaxed) < ea.load.in_flight.load(Relaxed);
+                        return Ok(if lighter { eb } else { ea });
+                    }
+                    (true, false) => return Ok(ea),
+                    (false, true) => return Ok(eb),
+                    (false, false) => a,
+                }
+            }
+        };
+        let order = (0..n).map(|i| (start + i) % n);
+        order
+            .clone()
+            .find(|&i| usable(i))
+            .or_else(|| order.clone().find(|&i| healthy(i)))
+            .map(|i| &self.endpoints[i])
+            .ok_or(NoPick::Unhealthy)
     }
 }
 
@@ -193,6 +292,8 @@ pub enum Pick<'a> {
     Endpoint(&'a Backend, &'a Arc<Endpoint>),
     /// The backend drawn has no ready endpoint.
     NoEndpoint(&'a Backend),
+    /// Every endpoint of the backend drawn fails its active health check.
+    Unhealthy(&'a Backend),
     /// The route has no backend with a weight above 0.
     NoBackend,
 }
@@ -230,10 +331,15 @@ impl Backends {
     }
 
     /// An endpoint for a retry: a fresh draw, preferring one other than `avoid`.
-    pub fn pick_other(&self, avoid: SocketAddr) -> Option<(&Backend, &Arc<Endpoint>)> {
+    pub fn pick_other(
+        &self,
+        avoid: SocketAddr,
+        balance: Balance,
+        health: Option<&RouteHealth>,
+    ) -> Option<(&Backend, &Arc<Endpoint>)> {
         let mut last = None;
         for _ in 0..4 {
-            if let Pick::Endpoint(backend, endpoint) = self.pick() {
+            if let Pick::Endpoint(backend, endpoint) = self.pick(balance, health) {
                 if endpoint.addr != avoid {
                     return Some((backend, endpoint));
                 }
@@ -243,20 +349,22 @@ impl Backends {
         last
     }
 
-    /// Draws a backend by weight, then an endpoint of it round robin.
-    pub fn pick(&self) -> Pick<'_> {
+    /// Draws a backend by weight, then an endpoint of it by `balance`, skipping
+    /// endpoints `health` finds unhealthy.
+    pub fn pick(&self, balance: Balance, health: Option<&RouteHealth>) -> Pick<'_> {
         let total = self.total_weight();
         if total == 0 {
             return Pick::NoBackend;
         }
         let draw = fastrand::u64(0..total);
         let index = self.cumulative.partition_point(|&c| c <= draw);
-        match self.items.get(index) {
-            Some(backend) => match backend.pick() {
-                Some(endpoint) => Pick::Endpoint(backend, endpoint),
-                None => Pick::NoEndpoint(backend),
-            },
-            None => Pick::NoBackend,
+        let Some(backend) = self.items.get(index) else {
+            return Pick::NoBackend;
+        };
+        match backend.pick(balance, health.and_then(|h| h.backend(index))) {
+            Ok(endpoint) => Pick::Endpoint(backend, endpoint),
+            Err(NoPick::Empty) => Pick::NoEndpoint(backend),
+            Err(NoPick::Unhealthy) => Pick::Unhealthy(backend),
         }
     }
 }
@@ -466,7 +574,7 @@ endpoints: [{addresses: [10.9.9.9]}]
         let backends = Backends::new(vec![a, zero, b]);
         let mut counts = HashMap::new();
         for _ in 0..4000 {
-            match backends.pick() {
+            match backends.pick(Balance::RoundRobin, None) {
                 Pick::Endpoint(backend, _) => *counts.entry(backend.name.clone()).or_insert(0) += 1,
                 other => panic!("unexpected {other:?}"),
             }
@@ -479,9 +587,14 @@ endpoints: [{addresses: [10.9.9.9]}]
     #[test]
     fn no_endpoints_and_no_weight() {
         let empty = Backends::new(vec![Backend::new("e".into(), 1, vec![])]);
-        assert!(matches!(empty.pick(), Pick::NoEndpoint(b) if b.name == "e"));
+        assert!(
+            matches!(empty.pick(Balance::LeastRequest, None), Pick::NoEndpoint(b) if b.name == "e")
+        );
         let zero = Backends::new(vec![Backend::new("z".into(), 0, vec![])]);
-        assert!(matches!(zero.pick(), Pick::NoBackend));
+        assert!(matches!(
+            zero.pick(Balance::LeastRequest, None),
+            Pick::NoBackend
+        ));
     }
 
     #[test]
@@ -515,7 +628,9 @@ endpoints: [{addresses: [10.9.9.9]}]
         }
         assert!(!e3.ejected_at(now));
         // Picks avoid the ejected endpoints.
-        let picks: Vec<u16> = (0..8).map(|_| b.pick().unwrap().addr.port()).collect();
+        let picks: Vec<u16> = (0..8)
+            .map(|_| b.pick(Balance::RoundRobin, None).unwrap().addr.port())
+            .collect();
         assert!(picks.iter().all(|p| *p == 3 || *p == 4), "{picks:?}");
         // The first ejection lasts 10 s; the second of the same endpoint 20 s.
         assert!(!e1.ejected_at(now + 10_000));
@@ -532,7 +647,7 @@ endpoints: [{addresses: [10.9.9.9]}]
         for _ in 0..20 {
             assert!(!b.endpoints[0].record(true, 1));
         }
-        assert!(b.pick().is_some());
+        assert!(b.pick(Balance::LeastRequest, None).is_ok());
     }
 
     #[test]
@@ -545,7 +660,51 @@ endpoints: [{addresses: [10.9.9.9]}]
                 "127.0.0.1:2".parse().unwrap(),
             ],
         );
-        let picks: Vec<u16> = (0..4).map(|_| b.pick().unwrap().addr.port()).collect();
+        let picks: Vec<u16> = (0..4)
+            .map(|_| b.pick(Balance::RoundRobin, None).unwrap().addr.port())
+            .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+
+    fn three() -> Backend {
+        Backend::new(
+            "three".into(),
+            1,
+            (1..=3)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn least_request_avoids_the_busiest_endpoint() {
+        let b = three();
+        // Endpoint 1 has many requests in flight: of any two drawn, it loses.
+        b.endpoints[0].load.in_flight.store(10, Relaxed);
+        for _ in 0..200 {
+            let e = b.pick(Balance::LeastRequest, None).unwrap();
+            assert_ne!(e.addr.port(), 1);
+        }
+        // With equal load every endpoint is chosen.
+        b.endpoints[0].load.in_flight.store(0, Relaxed);
+        let mut seen = [false; 3];
+        for _ in 0..200 {
+            let e = b.pick(Balance::LeastRequest, None).unwrap();
+            seen[usize::from(e.addr.port()) - 1] = true;
+        }
+        assert_eq!(seen, [true; 3]);
+    }
+
+    #[test]
+    fn in_flight_guards_count_requests() {
+        let b = three();
+        let e = &b.endpoints[1];
+        let mut guard = crate::load::InFlight::start(&e.load);
+        assert_eq!(e.load.in_flight.load(Relaxed), 1);
+        guard.move_to(&b.endpoints[2].load);
+        assert_eq!(e.load.in_flight.load(Relaxed), 0);
+        assert_eq!(b.endpoints[2].load.in_flight.load(Relaxed), 1);
+        drop(guard);
+        assert_eq!(b.endpoints[2].load.in_flight.load(Relaxed), 0);
     }
 }

@@ -43,10 +43,14 @@ pub enum Flag {
     Misdirected,
     /// The client stopped sending its request body for `idleTimeout` (408).
     ClientTimeout,
+    /// A circuit-breaker limit of the backend was reached (Envoy's upstream overflow).
+    UpstreamOverflow,
+    /// Every endpoint of the backend fails its active health check.
+    NoHealthyUpstream,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 14] = [
+    pub const ALL: [Flag; 16] = [
         Flag::NoRoute,
         Flag::NoHealthy,
         Flag::UpstreamConnect,
@@ -61,6 +65,8 @@ impl Flag {
         Flag::PolicyError,
         Flag::Misdirected,
         Flag::ClientTimeout,
+        Flag::UpstreamOverflow,
+        Flag::NoHealthyUpstream,
     ];
 
     /// The short code sent in `x-meshgate-flags` (Envoy-style).
@@ -80,6 +86,8 @@ impl Flag {
             Flag::PolicyError => "PE",
             Flag::Misdirected => "MR",
             Flag::ClientTimeout => "CT",
+            Flag::UpstreamOverflow => "UO",
+            Flag::NoHealthyUpstream => "UH",
         }
     }
 }
@@ -158,6 +166,10 @@ pub struct Metrics {
     pub listener_bind_failures: AtomicU64,
     /// Endpoints ejected by passive outlier detection.
     pub outlier_ejections: AtomicU64,
+    /// Requests refused (503 UO) by `circuitBreaker.maxParallelRequests`.
+    pub overflow_requests: AtomicU64,
+    /// Retries not made because of `circuitBreaker.maxParallelRetries`.
+    pub overflow_retries: AtomicU64,
     /// Counters of the workload identity source, once one runs.
     pub identity: std::sync::OnceLock<Arc<meshgate_mesh::ProviderMetrics>>,
 }
@@ -238,6 +250,16 @@ impl Metrics {
             &[
                 ("result=\"ok\"", load(&self.reloads_ok)),
                 ("result=\"failed\"", load(&self.reloads_failed)),
+            ],
+        );
+        family(
+            &mut out,
+            "meshgate_circuit_breaker_overflows_total",
+            "counter",
+            "Requests refused with 503 UO (limit=\"parallel_requests\") and retries not made (limit=\"parallel_retries\") because a backend's circuitBreaker limit was reached.",
+            &[
+                ("limit=\"parallel_requests\"", load(&self.overflow_requests)),
+                ("limit=\"parallel_retries\"", load(&self.overflow_retries)),
             ],
         );
         let singles: [(&str, &str, &str, i64); 6] = [
@@ -363,7 +385,7 @@ pub(crate) fn family(
 }
 
 /// Escapes a Prometheus label value (route names are not validated by the loader).
-fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains(['\\', '"', '\n']) {
         value
             .replace('\\', "\\\\")

@@ -8,7 +8,7 @@ use http::uri::Uri;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Either, Full};
 
-use crate::backends::{Backend, Backends, Pick};
+use crate::backends::{Backend, Backends, Balance, Pick};
 use crate::state::State;
 
 /// How long a mirrored request may take.
@@ -38,7 +38,7 @@ impl Mirror {
     /// Sends a copy of the request (`parts` as forwarded, `body` kept in full) to a
     /// mirror endpoint, in the background.
     pub fn send(&self, state: &std::sync::Arc<State>, parts: &http::request::Parts, body: Bytes) {
-        let Pick::Endpoint(_, endpoint) = self.backend.pick() else {
+        let Pick::Endpoint(_, endpoint) = self.backend.pick(Balance::RoundRobin, None) else {
             return;
         };
         let uri = Uri::builder()

@@ -25,6 +25,7 @@ use crate::access_log::{CountedBody, Entry};
 
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
+use crate::load::{Admitted as Slot, BackendLoad, ExchangeGuard, InFlight};
 use crate::metrics::Flag;
 use crate::policy::limits::{BodyFailure, BoxError, LimitedBody};
 use crate::policy::{Admitted, PolicyRequest, Refused};
@@ -185,8 +186,11 @@ enum Plan {
         settings: Arc<UpstreamSettings>,
         /// What the route's policy adds to the response; `None` without a policy.
         admitted: Option<Box<Admitted>>,
-        upstream: SocketAddr,
         endpoint: Arc<Endpoint>,
+        /// The counters of the chosen backend (circuit breaking).
+        backend_load: Arc<BackendLoad>,
+        /// Counts the request in flight until its exchange ends.
+        guard: ExchangeGuard,
         /// Send over HTTP/2 (h2c).
         h2: bool,
     },
@@ -230,6 +234,8 @@ pub struct ResponseBody {
     bytes_out: u64,
     log: Option<Entry>,
     active: Option<Active>,
+    /// In-flight and circuit-breaker counts, released when the body ends.
+    exchange: Option<ExchangeGuard>,
 }
 
 impl ResponseBody {
@@ -243,6 +249,7 @@ impl ResponseBody {
                 .write_line(&entry.line(self.bytes_out));
         }
         self.active = None;
+        self.exchange = None;
     }
 }
 
@@ -289,7 +296,7 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Infallible> {
     conn.activity.start();
     let active = Active(conn.clone());
-    let (response, log) = handle(request, &conn).await;
+    let (response, log, exchange) = handle(request, &conn).await;
     let (parts, inner) = response.into_parts();
     Ok(Response::from_parts(
         parts,
@@ -298,15 +305,18 @@ pub async fn serve(
             bytes_out: 0,
             log,
             active: Some(active),
+            exchange,
         },
     ))
 }
 
-/// Proxies one request; with the access log on, also returns its entry.
+/// Proxies one request; with the access log on, also returns its entry. A
+/// forwarded request also returns what counts it in flight, to be dropped when
+/// its response body ends.
 pub async fn handle(
     mut request: Request<Incoming>,
     conn: &ConnInfo,
-) -> (Response<ProxyBody>, Option<Entry>) {
+) -> (Response<ProxyBody>, Option<Entry>, Option<ExchangeGuard>) {
     let start = Instant::now();
     let time = SystemTime::now();
     let state = &*conn.state;
@@ -364,6 +374,7 @@ pub async fn handle(
     };
 
     let mut upstream_ms = None;
+    let mut exchange = None;
     let (response, route, flag, upstream) = match plan {
         Plan::Local {
             response,
@@ -375,10 +386,12 @@ pub async fn handle(
             route,
             settings,
             admitted,
-            upstream,
             endpoint,
+            backend_load,
+            mut guard,
             h2,
         } => {
+            let upstream = endpoint.addr;
             let (mut response, mut flag, upstream) = match client_upgrade {
                 Some(client) => {
                     let (response, flag) =
@@ -392,7 +405,11 @@ pub async fn handle(
                         request,
                         &route,
                         &settings,
-                        endpoint,
+                        Chosen {
+                            endpoint,
+                            backend_load,
+                            guard: &mut guard,
+                        },
                         h2,
                         trace.as_ref(),
                     )
@@ -417,6 +434,7 @@ pub async fn handle(
                 admitted.decorate(response.headers_mut());
             }
             upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+            exchange = Some(guard);
             (response, Some(route), flag, Some(upstream))
         }
     };
@@ -448,7 +466,7 @@ pub async fn handle(
         entry.flag = flag;
         entry
     });
-    (response, log)
+    (response, log, exchange)
 }
 
 /// Names the server span after the route and records what a trace reader needs.
@@ -640,7 +658,10 @@ async fn plan(
         };
     }
 
-    let (backend, endpoint) = match route.backends.pick() {
+    let (backend, endpoint) = match route
+        .backends
+        .pick(settings.balance, settings.health.as_ref())
+    {
         Pick::Endpoint(backend, endpoint) => (backend, endpoint),
         Pick::NoEndpoint(_) | Pick::NoBackend => {
             return Plan::local(
@@ -650,6 +671,33 @@ async fn plan(
                 Some(route.clone()),
             );
         }
+        Pick::Unhealthy(_) => {
+            return Plan::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::NoHealthyUpstream,
+                "no healthy upstream\n",
+                Some(route.clone()),
+            );
+        }
+    };
+    // Circuit breaking: over the backend's limit the request is refused at once.
+    let slot = match settings.circuit {
+        None => None,
+        Some(limits) => match Slot::request(&backend.load, limits.max_requests) {
+            Some(slot) => Some(slot),
+            None => {
+                conn.state
+                    .metrics
+                    .overflow_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Plan::local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flag::UpstreamOverflow,
+                    "upstream overflow\n",
+                    Some(route.clone()),
+                );
+            }
+        },
     };
 
     // The upstream target: the rewritten or normalised path, the query unchanged.
@@ -682,7 +730,11 @@ async fn plan(
             Some(route.clone()),
         );
     };
-    let upstream = endpoint.addr;
+    let guard = ExchangeGuard {
+        in_flight: Some(InFlight::start(&endpoint.load)),
+        admitted: slot,
+    };
+    let backend_load = backend.load.clone();
     let endpoint = endpoint.clone();
     // HTTP/2 upstream: h2c Services, and gRPC from HTTP/2 clients.
     let h2 = !kind.upgrade && (backend.h2 || (kind.grpc && parts.version == Version::HTTP_2));
@@ -725,8 +777,9 @@ async fn plan(
         route,
         settings,
         admitted,
-        upstream,
         endpoint,
+        backend_load,
+        guard,
         h2,
     }
 }
@@ -990,6 +1043,14 @@ fn rebuild(
     Some(request)
 }
 
+/// The endpoint a request goes to first, its backend's counters, and the guard
+/// that counts the request in flight (moved along with retries).
+struct Chosen<'a> {
+    endpoint: Arc<Endpoint>,
+    backend_load: Arc<BackendLoad>,
+    guard: &'a mut ExchangeGuard,
+}
+
 /// Sends the request upstream: mirrored if the route says so, retried if its
 /// policy allows, within the route's timeouts. Returns the endpoint of the last attempt.
 async fn forward(
@@ -997,10 +1058,15 @@ async fn forward(
     request: Request<ClientBody>,
     route: &Route,
     settings: &UpstreamSettings,
-    endpoint: Arc<Endpoint>,
+    chosen: Chosen<'_>,
     h2: bool,
     trace: Option<&RequestTrace>,
 ) -> (Response<ProxyBody>, Option<Flag>, SocketAddr) {
+    let Chosen {
+        endpoint,
+        backend_load,
+        guard,
+    } = chosen;
     let upstream = endpoint.addr;
     let client = if h2 {
         &state.upstream_h2
@@ -1055,8 +1121,10 @@ async fn forward(
     let _active = policy.start();
     let mut endpoint_addr = upstream;
     let mut current = endpoint;
+    let mut current_load = backend_load;
     let attempts = async {
         let mut permit = None;
+        let mut retry_slot: Option<Slot> = None; // held while the retry is in flight
         let mut request = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
         let mut retries = 0;
         loop {
@@ -1081,14 +1149,35 @@ async fn forward(
                 tracing::debug!(route = %route.name, "retry budget exhausted");
                 return (outcome, retries);
             }
+            if let Some(limits) = settings.circuit {
+                // The slot of the retry before is given back first.
+                drop(retry_slot.take());
+                retry_slot = Slot::retry(&current_load, limits.max_retries);
+                if retry_slot.is_none() {
+                    state
+                        .metrics
+                        .overflow_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(route = %route.name, "circuit breaker: maxParallelRetries reached; not retried");
+                    return (outcome, retries);
+                }
+            }
             retries += 1;
             drop(outcome);
             tokio::time::sleep(policy.backoff(retries)).await;
-            let Some((_, endpoint)) = route.backends.pick_other(endpoint_addr) else {
+            let Some((backend, endpoint)) = route.backends.pick_other(
+                endpoint_addr,
+                settings.balance,
+                settings.health.as_ref(),
+            ) else {
                 return (Attempt::Timeout, retries);
             };
             endpoint_addr = endpoint.addr;
             current = endpoint.clone();
+            current_load = backend.load.clone();
+            if let Some(in_flight) = &mut guard.in_flight {
+                in_flight.move_to(&endpoint.load);
+            }
             let Some(next) = rebuild(&parts_now, endpoint, bytes.clone()) else {
                 return (Attempt::Timeout, retries);
             };

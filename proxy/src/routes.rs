@@ -9,8 +9,10 @@ use http::Method;
 use meshgate_crds::route::{self as api, PathMatchType, RouteFilterType, ValueMatchType};
 use regex::{Regex, RegexBuilder};
 
-use crate::backends::{Backend, Backends, ServiceIndex};
+use crate::backends::{Backend, Backends, Balance, ServiceIndex};
 use crate::filters::{HeaderModifier, PathModifier, Redirect, UrlRewrite};
+use crate::health::{HealthRegistry, RouteHealth};
+use crate::load::LoadRegistry;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::mirror::Mirror;
 use crate::retry::RetryPolicy;
@@ -40,7 +42,37 @@ pub struct Route {
     pub filters: Vec<&'static str>,
 }
 
-/// Timeouts and retries of requests sent upstream.
+/// Envoy's default circuit-breaker thresholds (`max_requests`, `max_retries`
+/// as Envoy Gateway sets them).
+pub const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
+
+/// Circuit-breaker limits per backend (ApiPolicy `circuitBreaker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitLimits {
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl CircuitLimits {
+    pub fn compile(
+        spec: &meshgate_crds::upstream::CircuitBreaker,
+    ) -> Result<CircuitLimits, String> {
+        let limit = |v: Option<i64>, field: &str| match v {
+            None => Ok(DEFAULT_CIRCUIT_LIMIT),
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("circuitBreaker.{field} {n} is not in 1..=4294967295")),
+        };
+        Ok(CircuitLimits {
+            max_requests: limit(spec.max_parallel_requests, "maxParallelRequests")?,
+            max_retries: limit(spec.max_parallel_retries, "maxParallelRetries")?,
+        })
+    }
+}
+
+/// Timeouts, retries, balancing, circuit breaking and health checks of
+/// requests sent upstream.
 #[derive(Debug, Default)]
 pub struct UpstreamSettings {
     /// The shorter of `timeouts.request` and `timeouts.backendRequest`: the timeout
@@ -49,6 +81,12 @@ pub struct UpstreamSettings {
     /// `timeouts.request`: the whole request, retries included.
     pub request_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    /// How an endpoint of a backend is chosen.
+    pub balance: Balance,
+    /// Limits per backend; `None`: none.
+    pub circuit: Option<CircuitLimits>,
+    /// Active health of the route's endpoints; `None`: not checked.
+    pub health: Option<RouteHealth>,
 }
 
 impl UpstreamSettings {
@@ -77,7 +115,32 @@ impl UpstreamSettings {
             timeout,
             request_timeout,
             retry,
+            ..UpstreamSettings::default()
         })
+    }
+
+    /// Adds an ApiPolicy's `loadBalancer`, `circuitBreaker` and `healthCheck`
+    /// for a route with `backends`.
+    pub fn with_backend_policy(
+        mut self,
+        spec: &meshgate_crds::ApiPolicySpec,
+        backends: &Backends,
+        health: &HealthRegistry,
+    ) -> Result<UpstreamSettings, String> {
+        if let Some(lb) = &spec.load_balancer {
+            self.balance = lb.kind.into();
+        }
+        self.circuit = spec
+            .circuit_breaker
+            .as_ref()
+            .map(CircuitLimits::compile)
+            .transpose()?;
+        self.health = spec
+            .health_check
+            .as_ref()
+            .map(|h| RouteHealth::compile(h, backends, health))
+            .transpose()?;
+        Ok(self)
     }
 }
 
@@ -87,6 +150,8 @@ pub struct Context<'a> {
     pub listener_names: &'a [String],
     pub services: &'a ServiceIndex<'a>,
     pub metrics: &'a Metrics,
+    /// In-flight counters shared across snapshots.
+    pub loads: &'a LoadRegistry,
 }
 
 /// Largest compiled size of a user regular expression.
@@ -275,10 +340,12 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         let namespace = b.namespace.as_deref().unwrap_or(cx.namespace);
         let endpoints = cx.services.resolve(namespace, &b.name, b.port)?;
         backends.push(
-            Backend::new(
+            Backend::shared(
+                &route.name,
                 format!("{namespace}/{}:{}", b.name, b.port),
                 b.weight(),
                 endpoints,
+                cx.loads,
             )
             .with_h2(cx.services.is_h2(namespace, &b.name, b.port)),
         );

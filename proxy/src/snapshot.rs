@@ -480,6 +480,7 @@ pub fn compile(
         listener_names: &listener_names,
         services: &services,
         metrics,
+        loads: &policy.loads,
     };
     let mut seen = HashSet::new();
     let mut compiled: Vec<Arc<Route>> = Vec::with_capacity(spec.routes.len());
@@ -627,7 +628,10 @@ fn attach_policies(
                     )
                 })
                 .clone();
-            let upstream = if policy.timeouts.is_some() || policy.retry.is_some() {
+            let upstream = if policy.timeouts.is_some()
+                || policy.retry.is_some()
+                || policy.backend_traffic.is_some()
+            {
                 let spec = gw.spec.routes.get(route.id);
                 let timeouts = policy
                     .timeouts
@@ -637,13 +641,22 @@ fn attach_policies(
                     .retry
                     .as_ref()
                     .or(spec.and_then(|s| s.retry.as_ref()));
-                match UpstreamSettings::compile(timeouts, retry) {
+                let compiled =
+                    UpstreamSettings::compile(timeouts, retry).and_then(|u| {
+                        match &policy.backend_traffic {
+                            Some(traffic) => {
+                                u.with_backend_policy(traffic, &route.backends, &runtime.health)
+                            }
+                            None => Ok(u),
+                        }
+                    });
+                match compiled {
                     Ok(u) => Some(Arc::new(u)),
                     Err(e) => {
                         errors.push(ConfigIssue::new(
                             format!("policy/{}", policy.sources.join("+")),
                             format!(
-                                "timeouts/retry for route {}: {e}; using the route's own",
+                                "upstream settings for route {}: {e}; using the route's own",
                                 route.name
                             ),
                         ));

@@ -99,6 +99,8 @@ impl State {
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .build(connector_h2);
+        // Health checks go through the clients (and so the connectors) of requests.
+        policy.health.bind(upstream.clone(), upstream_h2.clone());
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             metrics: Metrics::default(),

@@ -122,6 +122,10 @@ pub struct PolicyRuntime {
     pub jwks: Arc<JwksRegistry>,
     pub rate_limits: Arc<RateLimitRegistry>,
     pub refusals: Refusals,
+    /// Endpoint health of `healthCheck` policies, and its checker tasks.
+    pub health: Arc<crate::health::HealthRegistry>,
+    /// Requests in flight per route backend and endpoint (balancing, circuit breaking).
+    pub loads: crate::load::LoadRegistry,
 }
 
 impl PolicyRuntime {
@@ -130,6 +134,8 @@ impl PolicyRuntime {
             jwks: JwksRegistry::new(jwks_roots),
             rate_limits: RateLimitRegistry::new(),
             refusals: Refusals::default(),
+            health: crate::health::HealthRegistry::new(),
+            loads: crate::load::LoadRegistry::default(),
         }
     }
 }
@@ -214,6 +220,7 @@ impl PolicyRuntime {
                 ("result=\"throttled\"", get(&jwks.unknown_kid_throttled)),
             ],
         );
+        self.health.render(&mut out);
         out
     }
 }
@@ -261,6 +268,9 @@ pub struct RoutePolicy {
     /// Timeout and retry overrides, combined with each route's own settings.
     pub timeouts: Option<RouteTimeouts>,
     pub retry: Option<RetrySpec>,
+    /// `loadBalancer`, `circuitBreaker` and `healthCheck`, compiled per route
+    /// (they need its backends) with the timeouts and retries.
+    pub backend_traffic: Option<Box<meshgate_crds::ApiPolicySpec>>,
     broken: Option<String>,
 }
 
@@ -306,6 +316,17 @@ impl RoutePolicy {
             strip,
             timeouts: spec.timeouts.clone(),
             retry: spec.retry.clone(),
+            backend_traffic: (spec.load_balancer.is_some()
+                || spec.circuit_breaker.is_some()
+                || spec.health_check.is_some())
+            .then(|| {
+                Box::new(meshgate_crds::ApiPolicySpec {
+                    load_balancer: spec.load_balancer.clone(),
+                    circuit_breaker: spec.circuit_breaker.clone(),
+                    health_check: spec.health_check.clone(),
+                    ..Default::default()
+                })
+            }),
             broken: None,
         })
     }
@@ -324,6 +345,7 @@ impl RoutePolicy {
             strip: Vec::new(),
             timeouts: None,
             retry: None,
+            backend_traffic: None,
             broken: Some(why),
         }
     }

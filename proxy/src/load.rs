@@ -1,0 +1,173 @@
+//! Requests in flight per endpoint (for least-request balancing) and per
+//! backend (for circuit breaking), and the guards that count them.
+//!
+//! The counters of a route's backend are looked up by route, backend and
+//! address in a registry of weak references when a snapshot is compiled, so a
+//! reload (every EndpointSlice change in cluster mode) hands the new snapshot
+//! the counters the old one's requests still hold: the counts stay exact while
+//! requests drain, and a counter no snapshot uses is dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// Requests in flight to one endpoint of one route's backend.
+#[derive(Debug, Default)]
+pub struct EndpointLoad {
+    pub in_flight: AtomicU32,
+}
+
+/// Requests and retries in flight to one route's backend.
+#[derive(Debug, Default)]
+pub struct BackendLoad {
+    pub requests: AtomicU32,
+    pub retries: AtomicU32,
+}
+
+/// The counters of every compiled backend, by route and backend name.
+#[derive(Debug, Default)]
+pub struct LoadRegistry {
+    backends: Mutex<HashMap<(String, String), Weak<BackendLoad>>>,
+    endpoints: Mutex<HashMap<(String, String, SocketAddr), Weak<EndpointLoad>>>,
+}
+
+impl LoadRegistry {
+    /// The counters of backend `backend` of route `route` and of its endpoints
+    /// `addrs`, shared with the snapshot that used them last.
+    pub fn get(
+        &self,
+        route: &str,
+        backend: &str,
+        addrs: &[SocketAddr],
+    ) -> (Arc<BackendLoad>, Vec<Arc<EndpointLoad>>) {
+        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        backends.retain(|_, w| w.strong_count() > 0);
+        let key = (route.to_string(), backend.to_string());
+        let load = shared(&mut backends, key);
+        drop(backends);
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        endpoints.retain(|_, w| w.strong_count() > 0);
+        let loads = addrs
+            .iter()
+            .map(|addr| {
+                shared(
+                    &mut endpoints,
+                    (route.to_string(), backend.to_string(), *addr),
+                )
+            })
+            .collect();
+        (load, loads)
+    }
+}
+
+fn shared<K: std::hash::Hash + Eq, T: Default>(map: &mut HashMap<K, Weak<T>>, key: K) -> Arc<T> {
+    if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+        return existing;
+    }
+    let fresh = Arc::new(T::default());
+    map.insert(key, Arc::downgrade(&fresh));
+    fresh
+}
+
+/// One request in flight to an endpoint; the count drops with the guard, when
+/// the exchange ends however it ends (response body done, error, client gone).
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointLoad>);
+
+impl InFlight {
+    pub fn start(load: &Arc<EndpointLoad>) -> InFlight {
+        load.in_flight.fetch_add(1, Relaxed);
+        InFlight(load.clone())
+    }
+
+    /// The request moves to another endpoint (a retry).
+    pub fn move_to(&mut self, load: &Arc<EndpointLoad>) {
+        if !Arc::ptr_eq(&self.0, load) {
+            *self = InFlight::start(load);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A slot under a circuit-breaker limit, released on drop.
+#[derive(Debug)]
+pub struct Admitted {
+    load: Arc<BackendLoad>,
+    retry: bool,
+}
+
+impl Admitted {
+    /// A request slot of `load` if fewer than `limit` are in flight.
+    pub fn request(load: &Arc<BackendLoad>, limit: u32) -> Option<Admitted> {
+        claim(&load.requests, limit).then(|| Admitted {
+            load: load.clone(),
+            retry: false,
+        })
+    }
+
+    /// A retry slot of `load` if fewer than `limit` retries are in flight.
+    pub fn retry(load: &Arc<BackendLoad>, limit: u32) -> Option<Admitted> {
+        claim(&load.retries, limit).then(|| Admitted {
+            load: load.clone(),
+            retry: true,
+        })
+    }
+}
+
+fn claim(counter: &AtomicU32, limit: u32) -> bool {
+    counter
+        .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+        .is_ok()
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let counter = if self.retry {
+            &self.load.retries
+        } else {
+            &self.load.requests
+        };
+        counter.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What a forwarded request holds until its exchange ends.
+#[derive(Debug, Default)]
+pub struct ExchangeGuard {
+    pub in_flight: Option<InFlight>,
+    pub admitted: Option<Admitted>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_survive_a_recompile_and_guards_release_them() {
+        let registry = LoadRegistry::default();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (backend, endpoints) = registry.get("r", "ns/svc:80", &[addr]);
+        let guard = InFlight::start(&endpoints[0]);
+        let slot = Admitted::request(&backend, 1).unwrap();
+        assert!(Admitted::request(&backend, 1).is_none());
+        // A new snapshot gets the same counters while the old one lives.
+        let (again, endpoints_again) = registry.get("r", "ns/svc:80", &[addr]);
+        assert!(Arc::ptr_eq(&backend, &again));
+        assert_eq!(endpoints_again[0].in_flight.load(Relaxed), 1);
+        drop((guard, slot));
+        assert_eq!(endpoints_again[0].in_flight.load(Relaxed), 0);
+        assert_eq!(again.requests.load(Relaxed), 0);
+        // Another route has counters of its own.
+        let (other, _) = registry.get("r2", "ns/svc:80", &[addr]);
+        assert!(!Arc::ptr_eq(&backend, &other));
+    }
+}
