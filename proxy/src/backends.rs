@@ -15,6 +15,7 @@ use meshgate_crds::upstream::LoadBalancerType;
 
 use crate::health::{EndpointHealth, RouteHealth};
 use crate::load::{BackendLoad, EndpointLoad, LoadRegistry};
+use crate::pools::PoolStats;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -61,6 +62,8 @@ pub struct Endpoint {
     pub load: Arc<EndpointLoad>,
     outlier: Outlier,
     pool: Arc<Pool>,
+    /// The backend's connection and ejection counters.
+    pub stats: Arc<PoolStats>,
 }
 
 /// How an endpoint of a backend is chosen (ApiPolicy `loadBalancer.type`).
@@ -115,10 +118,10 @@ impl Endpoint {
     }
 
     /// Records the outcome of a request sent here (`failed`: a 5xx or a
-    /// connect/connection failure or timeout) and counts an ejection in `metrics`.
-    pub fn report(&self, failed: bool, metrics: &crate::metrics::Metrics) {
+    /// connect/connection failure or timeout) and counts an ejection.
+    pub fn report(&self, failed: bool) {
         if self.record(failed, now_ms()) {
-            metrics.outlier_ejections.fetch_add(1, Relaxed);
+            self.stats.ejections.fetch_add(1, Relaxed);
             tracing::warn!(endpoint = %self.addr, "endpoint ejected after consecutive failures");
         }
     }
@@ -177,7 +180,7 @@ impl Backend {
             Arc::default(),
             addrs.iter().map(|_| Arc::default()).collect(),
         );
-        Backend::with_loads(name, weight, addrs, loads)
+        Backend::with_loads(name, weight, addrs, loads, Arc::default())
     }
 
     /// A backend of route `route` whose in-flight counters are shared through
@@ -190,7 +193,8 @@ impl Backend {
         registry: &LoadRegistry,
     ) -> Backend {
         let loads = registry.get(route, &name, &addrs);
-        Backend::with_loads(name, weight, addrs, loads)
+        let stats = registry.pools.stats(&name);
+        Backend::with_loads(name, weight, addrs, loads, stats)
     }
 
     fn with_loads(
@@ -198,6 +202,7 @@ impl Backend {
         weight: u32,
         addrs: Vec<SocketAddr>,
         (load, endpoint_loads): (Arc<BackendLoad>, Vec<Arc<EndpointLoad>>),
+        stats: Arc<PoolStats>,
     ) -> Backend {
         let pool = Arc::new(Pool {
             ejected: AtomicUsize::new(0),
@@ -214,6 +219,7 @@ impl Backend {
                     load,
                     outlier: Outlier::default(),
                     pool: pool.clone(),
+                    stats: stats.clone(),
                 }))
             })
             .collect();

@@ -22,6 +22,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod mirror;
 pub mod policy;
+pub mod pools;
 pub mod proxy;
 pub mod reload;
 pub mod retry;

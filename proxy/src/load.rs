@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// Requests in flight to one endpoint of one route's backend.
 #[derive(Debug, Default)]
@@ -18,16 +21,23 @@ pub struct EndpointLoad {
     pub in_flight: AtomicU32,
 }
 
-/// Requests and retries in flight to one route's backend.
+/// Requests and retries in flight to one route's backend, and its HTTP/1.1
+/// connections in use with the requests waiting for one.
 #[derive(Debug, Default)]
 pub struct BackendLoad {
     pub requests: AtomicU32,
     pub retries: AtomicU32,
+    pub connections: AtomicU32,
+    pub pending: AtomicU32,
+    /// Woken when a connection slot is given back.
+    freed: Notify,
 }
 
 /// The counters of every compiled backend, by route and backend name.
 #[derive(Debug, Default)]
 pub struct LoadRegistry {
+    /// Connection and ejection counts by backend Service port.
+    pub pools: Arc<crate::pools::PoolRegistry>,
     backends: Mutex<HashMap<(String, String), Weak<BackendLoad>>>,
     endpoints: Mutex<HashMap<(String, String, SocketAddr), Weak<EndpointLoad>>>,
 }
@@ -140,11 +150,76 @@ impl Drop for Admitted {
     }
 }
 
+/// Why no connection slot was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoConnection {
+    /// `maxPendingRequests` requests were already waiting.
+    PendingFull,
+    /// None of `maxConnections` was freed within the wait.
+    Timeout,
+}
+
+/// An HTTP/1.1 connection of a backend in use by one request (circuitBreaker
+/// `maxConnections`), given back on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<BackendLoad>);
+
+impl ConnectionSlot {
+    /// A slot of `load` if fewer than `limit` are in use; otherwise waits up to
+    /// `wait` for one, as one of at most `max_pending` waiting requests.
+    pub async fn acquire(
+        load: &Arc<BackendLoad>,
+        limit: u32,
+        max_pending: u32,
+        wait: Duration,
+    ) -> Result<ConnectionSlot, NoConnection> {
+        if claim(&load.connections, limit) {
+            return Ok(ConnectionSlot(load.clone()));
+        }
+        if !claim(&load.pending, max_pending) {
+            return Err(NoConnection::PendingFull);
+        }
+        let _waiting = Waiting(load);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a slot freed in between wakes it.
+            let freed = load.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if claim(&load.connections, limit) {
+                return Ok(ConnectionSlot(load.clone()));
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoConnection::Timeout);
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Relaxed);
+        // Every waiter checks again (a woken waiter that is cancelled must not
+        // swallow the wake-up another one needed).
+        self.0.freed.notify_waiters();
+    }
+}
+
+/// A request counted as waiting for a connection slot.
+struct Waiting<'a>(&'a BackendLoad);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Relaxed);
+    }
+}
+
 /// What a forwarded request holds until its exchange ends.
 #[derive(Debug, Default)]
 pub struct ExchangeGuard {
     pub in_flight: Option<InFlight>,
     pub admitted: Option<Admitted>,
+    pub connection: Option<ConnectionSlot>,
 }
 
 #[cfg(test)]
@@ -169,5 +244,38 @@ mod tests {
         // Another route has counters of its own.
         let (other, _) = registry.get("r2", "ns/svc:80", &[addr]);
         assert!(!Arc::ptr_eq(&backend, &other));
+    }
+
+    #[tokio::test]
+    async fn connection_slots_queue_up_to_the_pending_limit() {
+        let load = Arc::new(BackendLoad::default());
+        let wait = Duration::from_secs(10);
+        let first = ConnectionSlot::acquire(&load, 1, 1, wait).await.unwrap();
+        // The second waits for the first; a third finds the queue full.
+        let waiter = tokio::spawn({
+            let load = load.clone();
+            async move { ConnectionSlot::acquire(&load, 1, 1, wait).await }
+        });
+        while load.pending.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            ConnectionSlot::acquire(&load, 1, 1, wait).await.err(),
+            Some(NoConnection::PendingFull)
+        );
+        drop(first);
+        let second = waiter.await.unwrap().unwrap();
+        assert_eq!(load.connections.load(Relaxed), 1);
+        assert_eq!(load.pending.load(Relaxed), 0);
+        // Nothing is freed within a short wait: refused, and no longer pending.
+        assert_eq!(
+            ConnectionSlot::acquire(&load, 1, 1, Duration::from_millis(20))
+                .await
+                .err(),
+            Some(NoConnection::Timeout)
+        );
+        assert_eq!(load.pending.load(Relaxed), 0);
+        drop(second);
+        assert_eq!(load.connections.load(Relaxed), 0);
     }
 }

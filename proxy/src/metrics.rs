@@ -164,12 +164,14 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Listeners a reload added or changed whose port could not be bound.
     pub listener_bind_failures: AtomicU64,
-    /// Endpoints ejected by passive outlier detection.
-    pub outlier_ejections: AtomicU64,
     /// Requests refused (503 UO) by `circuitBreaker.maxParallelRequests`.
     pub overflow_requests: AtomicU64,
     /// Retries not made because of `circuitBreaker.maxParallelRetries`.
     pub overflow_retries: AtomicU64,
+    /// Requests refused (503 UO) by `maxPendingRequests`, or after waiting in
+    /// vain for one of `maxConnections`.
+    pub overflow_pending: AtomicU64,
+    pub overflow_connections: AtomicU64,
     /// Counters of the workload identity source, once one runs.
     pub identity: std::sync::OnceLock<Arc<meshgate_mesh::ProviderMetrics>>,
 }
@@ -256,13 +258,15 @@ impl Metrics {
             &mut out,
             "meshgate_circuit_breaker_overflows_total",
             "counter",
-            "Requests refused with 503 UO (limit=\"parallel_requests\") and retries not made (limit=\"parallel_retries\") because a backend's circuitBreaker limit was reached.",
+            "Requests refused with 503 UO (limit=\"parallel_requests\"; limit=\"pending_requests\": maxPendingRequests already waiting; limit=\"connections\": no one of maxConnections freed in time) and retries not made (limit=\"parallel_retries\") because a backend's circuitBreaker limit was reached.",
             &[
                 ("limit=\"parallel_requests\"", load(&self.overflow_requests)),
                 ("limit=\"parallel_retries\"", load(&self.overflow_retries)),
+                ("limit=\"pending_requests\"", load(&self.overflow_pending)),
+                ("limit=\"connections\"", load(&self.overflow_connections)),
             ],
         );
-        let singles: [(&str, &str, &str, i64); 6] = [
+        let singles: [(&str, &str, &str, i64); 5] = [
             (
                 "meshgate_config_version",
                 "gauge",
@@ -292,12 +296,6 @@ impl Metrics {
                 "counter",
                 "Attempts to bind a listener added or changed by a reload that failed (retried every 5 s; the listener it replaces keeps serving).",
                 load(&self.listener_bind_failures),
-            ),
-            (
-                "meshgate_outlier_ejections_total",
-                "counter",
-                "Endpoints ejected after consecutive 5xx or connection failures.",
-                load(&self.outlier_ejections),
             ),
         ];
         for (name, kind, help, value) in singles {

@@ -77,6 +77,7 @@ pub fn apply(state: &State, snapshot: Snapshot) {
             .map(|m| m.targets.clone())
             .unwrap_or_default(),
     );
+    state.policy.loads.pools.publish(&snapshot.routes);
     let version = snapshot.version;
     state.snapshot.store(Arc::new(snapshot));
     // Listeners added, removed or changed are (re)bound by crate::listeners.

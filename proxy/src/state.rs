@@ -85,8 +85,10 @@ impl State {
 
     pub fn build(mesh: MeshRuntime, access_log: AccessLog, policy: PolicyRuntime) -> Arc<State> {
         let mesh_targets = Arc::new(ArcSwap::from_pointee(MeshTargets::new()));
-        let connector = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), false);
-        let connector_h2 = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), true);
+        let pools = policy.loads.pools.clone();
+        let connector =
+            UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), false, pools.clone());
+        let connector_h2 = UpstreamConnector::new(mesh_targets.clone(), mesh.clone(), true, pools);
         let upstream = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::mesh::{MeshTarget, MeshTargets};
+use crate::pools::{OpenConnection, PoolRegistry};
 use crate::Error;
 
 /// How long connecting (TCP and handshakes) may take.
@@ -49,8 +51,13 @@ impl Default for MeshRuntime {
     }
 }
 
-/// A connection to an upstream.
-pub enum UpstreamStream {
+/// A connection to an upstream, counted in its backend's pool series while open.
+pub struct UpstreamStream {
+    io: Io,
+    _open: Option<OpenConnection>,
+}
+
+enum Io {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
     Tunnel(Upgraded),
@@ -58,8 +65,8 @@ pub enum UpstreamStream {
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            UpstreamStream::Plain(s) => s.connected(),
+        match &self.io {
+            Io::Plain(s) => s.connected(),
             _ => Connected::new(),
         }
     }
@@ -67,16 +74,16 @@ impl Connection for UpstreamStream {
 
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            UpstreamStream::Plain($s) => {
+        match &mut $self.get_mut().io {
+            Io::Plain($s) => {
                 let $s = Pin::new($s);
                 $e
             }
-            UpstreamStream::Tls($s) => {
+            Io::Tls($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
-            UpstreamStream::Tunnel($s) => {
+            Io::Tunnel($s) => {
                 let $s = Pin::new($s);
                 $e
             }
@@ -119,10 +126,16 @@ pub struct UpstreamConnector {
     targets: Arc<ArcSwap<MeshTargets>>,
     mesh: MeshRuntime,
     h2: bool,
+    pools: Arc<PoolRegistry>,
 }
 
 impl UpstreamConnector {
-    pub fn new(targets: Arc<ArcSwap<MeshTargets>>, mesh: MeshRuntime, h2: bool) -> Self {
+    pub fn new(
+        targets: Arc<ArcSwap<MeshTargets>>,
+        mesh: MeshRuntime,
+        h2: bool,
+        pools: Arc<PoolRegistry>,
+    ) -> Self {
         let mut plain = HttpConnector::new();
         plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
         plain.set_nodelay(true);
@@ -131,6 +144,7 @@ impl UpstreamConnector {
             targets,
             mesh,
             h2,
+            pools,
         }
     }
 }
@@ -159,7 +173,9 @@ impl tower::Service<Uri> for UpstreamConnector {
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         let target = addr.and_then(|a| self.targets.load().get(&a).cloned());
-        match (addr, target) {
+        let stats = addr.and_then(|a| self.pools.for_addr(&a));
+        let connect: Pin<Box<dyn Future<Output = Result<Io, Error>> + Send>> = match (addr, target)
+        {
             (Some(addr), Some(target)) => {
                 let mesh = self.mesh.clone();
                 let h2 = self.h2;
@@ -175,11 +191,25 @@ impl tower::Service<Uri> for UpstreamConnector {
                 let call = tower::Service::<Uri>::call(&mut self.plain, uri);
                 Box::pin(async move {
                     call.await
-                        .map(UpstreamStream::Plain)
+                        .map(Io::Plain)
                         .map_err(|e| Error::Io(io::Error::other(e)))
                 })
             }
-        }
+        };
+        Box::pin(async move {
+            match connect.await {
+                Ok(io) => Ok(UpstreamStream {
+                    io,
+                    _open: stats.map(OpenConnection::new),
+                }),
+                Err(e) => {
+                    if let Some(stats) = stats {
+                        stats.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    Err(e)
+                }
+            }
+        })
     }
 }
 
@@ -188,7 +218,7 @@ async fn connect_mesh(
     target: &MeshTarget,
     mesh: &MeshRuntime,
     h2: bool,
-) -> Result<UpstreamStream, Error> {
+) -> Result<Io, Error> {
     let identity = mesh
         .identity
         .clone()
@@ -211,12 +241,12 @@ async fn connect_mesh(
     if target.hbone {
         let hbone_addr = SocketAddr::new(addr.ip(), mesh.hbone_port);
         let tunnel = hbone::connect(config, hbone_addr, addr).await?;
-        return Ok(UpstreamStream::Tunnel(tunnel));
+        return Ok(Io::Tunnel(tunnel));
     }
     let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let tls = tls_connect(config, &target.sni, tcp).await?;
-    Ok(UpstreamStream::Tls(Box::new(TokioIo::new(tls))))
+    Ok(Io::Tls(Box::new(TokioIo::new(tls))))
 }
 
 /// The mesh error behind a failed upstream request, if that is why it failed.

@@ -207,7 +207,11 @@ async fn upstream_killed_mid_stream_fails_only_the_stream_and_comes_back() {
 
     // While a is down the load goes on (retried to b, then a is ejected).
     assert!(load.served(100, WAIT).await);
-    let ejected = metric(&proxy, "meshgate_outlier_ejections_total").await;
+    let ejected = metric(
+        &proxy,
+        "meshgate_outlier_ejections_total{backend=\"test/pool:80\"}",
+    )
+    .await;
     a.restart().await;
     let restarted = Instant::now();
     assert!(

@@ -50,8 +50,31 @@ async fn five_consecutive_failures_eject_an_endpoint() {
         "{statuses:?}"
     );
     assert_eq!(
-        metric(&proxy, "meshgate_outlier_ejections_total").await,
+        metric(
+            &proxy,
+            "meshgate_outlier_ejections_total{backend=\"test/pool:80\"}"
+        )
+        .await,
         Some(1.0)
+    );
+    // Sequential requests over keep-alive: one pooled connection per endpoint,
+    // both still open, none failed.
+    let series = |name: &str| format!("{name}{{backend=\"test/pool:80\"}}");
+    assert_eq!(
+        metric(
+            &proxy,
+            &series("meshgate_upstream_connections_opened_total")
+        )
+        .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&proxy, &series("meshgate_upstream_connections_open")).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&proxy, &series("meshgate_upstream_connect_failures_total")).await,
+        Some(0.0)
     );
 }
 
@@ -71,7 +94,28 @@ async fn the_ejection_cap_keeps_half_the_endpoints() {
         assert_eq!(reply.header("x-meshgate-flags"), Some("UF"));
     }
     assert_eq!(
-        metric(&proxy, "meshgate_outlier_ejections_total").await,
+        metric(
+            &proxy,
+            "meshgate_outlier_ejections_total{backend=\"test/pool:80\"}"
+        )
+        .await,
         Some(1.0)
+    );
+    // The pool series: every attempt was refused, none opened.
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_upstream_connect_failures_total{backend=\"test/pool:80\"}"
+        )
+        .await,
+        Some(30.0)
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_upstream_connections_opened_total{backend=\"test/pool:80\"}"
+        )
+        .await,
+        Some(0.0)
     );
 }

@@ -197,6 +197,7 @@ impl PolicyRuntime {
             "Local buckets dropped before they were full again because the bucket cap was reached.",
             &[("", n(rl.buckets_evicted))],
         );
+        self.loads.pools.render(&mut out);
         let jwks = self.jwks.stats();
         let get =
             |c: &std::sync::atomic::AtomicU64| n(c.load(std::sync::atomic::Ordering::Relaxed));
