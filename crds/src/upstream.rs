@@ -34,14 +34,26 @@ pub struct LoadBalancer {
 }
 
 /// Limits per backend (each backendRef of each route). A request over a limit is
-/// answered 503 at once with the response flag `UO` (upstream overflow).
+/// answered 503 with the response flag `UO` (upstream overflow).
 ///
-/// Envoy's `maxConnections` and `maxPendingRequests` are not offered: the
-/// proxy's pooled client opens connections on demand and queues no requests of
-/// its own, so neither limit could be enforced as Envoy defines it.
+/// `maxConnections` and `maxPendingRequests` apply to HTTP/1.1 backends, where
+/// each request in flight holds a connection of its own: a request finding
+/// `maxConnections` in use waits for one to be freed (as one of at most
+/// `maxPendingRequests` waiting) up to the connect timeout, 5 s. HTTP/2
+/// backends multiplex every request over one connection per endpoint, so only
+/// `maxParallelRequests` bounds them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
+    /// HTTP/1.1 connections in use at once by the backend's requests; default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub max_connections: Option<i64>,
+    /// Requests waiting for one of `maxConnections` at once; default 1024. Over
+    /// it a request is refused at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4294967295_i64))]
+    pub max_pending_requests: Option<i64>,
     /// Requests in flight to the backend at once; default 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295_i64))]

@@ -25,7 +25,9 @@ use crate::access_log::{CountedBody, Entry};
 
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
-use crate::load::{Admitted as Slot, BackendLoad, ExchangeGuard, InFlight};
+use crate::load::{
+    Admitted as Slot, BackendLoad, ConnectionSlot, ExchangeGuard, InFlight, NoConnection,
+};
 use crate::metrics::Flag;
 use crate::policy::limits::{BodyFailure, BoxError, LimitedBody};
 use crate::policy::{Admitted, PolicyRequest, Refused};
@@ -730,14 +732,46 @@ async fn plan(
             Some(route.clone()),
         );
     };
+    // HTTP/2 upstream: h2c Services, and gRPC from HTTP/2 clients.
+    let h2 = !kind.upgrade && (backend.h2 || (kind.grpc && parts.version == Version::HTTP_2));
+    // HTTP/1.1: each request holds a connection; over maxConnections it waits.
+    let connection = match settings.circuit {
+        Some(limits) if !h2 => {
+            let wait = crate::upstream::CONNECT_TIMEOUT;
+            match ConnectionSlot::acquire(
+                &backend.load,
+                limits.max_connections,
+                limits.max_pending,
+                wait,
+            )
+            .await
+            {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    let metrics = &conn.state.metrics;
+                    let counter = match why {
+                        NoConnection::PendingFull => &metrics.overflow_pending,
+                        NoConnection::Timeout => &metrics.overflow_connections,
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Plan::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Flag::UpstreamOverflow,
+                        "upstream overflow\n",
+                        Some(route.clone()),
+                    );
+                }
+            }
+        }
+        _ => None,
+    };
     let guard = ExchangeGuard {
         in_flight: Some(InFlight::start(&endpoint.load)),
         admitted: slot,
+        connection,
     };
     let backend_load = backend.load.clone();
     let endpoint = endpoint.clone();
-    // HTTP/2 upstream: h2c Services, and gRPC from HTTP/2 clients.
-    let h2 = !kind.upgrade && (backend.h2 || (kind.grpc && parts.version == Version::HTTP_2));
     parts.uri = uri;
     parts.version = if h2 {
         Version::HTTP_2
@@ -1077,7 +1111,7 @@ async fn forward(
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());
     if policy.is_none() && mirror.is_none() {
         let outcome = attempt(client, request.map(Either::Left), settings.timeout, trace).await;
-        endpoint.report(outcome.failed(), &state.metrics);
+        endpoint.report(outcome.failed());
         let (response, flag) = finish(outcome, route, upstream);
         return (response, flag, upstream);
     }
@@ -1112,7 +1146,7 @@ async fn forward(
                 trace,
             )
             .await;
-            endpoint.report(outcome.failed(), &state.metrics);
+            endpoint.report(outcome.failed());
             let (response, flag) = finish(outcome, route, upstream);
             return (response, flag, upstream);
         }
@@ -1136,7 +1170,7 @@ async fn forward(
                 trace,
             )
             .await;
-            current.report(outcome.failed(), &state.metrics);
+            current.report(outcome.failed());
             let failure = outcome.failure();
             let retry = retries < policy.attempts
                 && policy.retriable(failure)

@@ -51,6 +51,9 @@ pub const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
 pub struct CircuitLimits {
     pub max_requests: u32,
     pub max_retries: u32,
+    /// HTTP/1.1 backends: connections in use at once, and requests waiting for one.
+    pub max_connections: u32,
+    pub max_pending: u32,
 }
 
 impl CircuitLimits {
@@ -64,9 +67,17 @@ impl CircuitLimits {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("circuitBreaker.{field} {n} is not in 1..=4294967295")),
         };
+        let max_pending = match spec.max_pending_requests {
+            None => DEFAULT_CIRCUIT_LIMIT,
+            Some(n) => u32::try_from(n).map_err(|_| {
+                format!("circuitBreaker.maxPendingRequests {n} is not in 0..=4294967295")
+            })?,
+        };
         Ok(CircuitLimits {
             max_requests: limit(spec.max_parallel_requests, "maxParallelRequests")?,
             max_retries: limit(spec.max_parallel_retries, "maxParallelRetries")?,
+            max_connections: limit(spec.max_connections, "maxConnections")?,
+            max_pending,
         })
     }
 }

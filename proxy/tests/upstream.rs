@@ -191,6 +191,94 @@ async fn circuit_breaker_refuses_the_excess_with_uo() {
     }
 }
 
+#[tokio::test]
+async fn max_connections_queue_up_to_max_pending_then_refuse() {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let backend = {
+        let arrived = arrived.clone();
+        serve(move |_request| {
+            let arrived = arrived.clone();
+            let mut released = released.clone();
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let _ = released.wait_for(|r| *r).await;
+                Response::new(Full::new(Bytes::from_static(b"done")))
+            }
+        })
+        .await
+    };
+    let yaml = gateway()
+        + &pool_yaml(&[backend])
+        + &policy_yaml(
+            "cb",
+            "  circuitBreaker: {maxConnections: 2, maxPendingRequests: 1}\n",
+        );
+    let proxy = start_yaml(&yaml, &["http"]).await;
+    let addr = proxy.listener_addr("http").unwrap();
+    let series = |name: &str| format!("{name}{{backend=\"test/pool:80\"}}");
+
+    let requests: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "a.test", "/").await }))
+        .collect();
+    // Two hold the two connections, one waits for a connection, one is refused at once.
+    assert!(eventually(WAIT, || async { arrived.load(Ordering::SeqCst) == 2 }).await);
+    assert!(
+        eventually(WAIT, || async {
+            requests.iter().filter(|r| r.is_finished()).count() == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(arrived.load(Ordering::SeqCst), 2, "the third request waits");
+    assert_eq!(
+        metric(&proxy, &series("meshgate_upstream_connections_open")).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_circuit_breaker_overflows_total{limit=\"pending_requests\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    release.send(true).unwrap();
+    let mut ok = 0;
+    let mut overflow = 0;
+    for request in requests {
+        let reply = request.await.unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.header("x-meshgate-flags"), Some("UO"));
+                overflow += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // The waiting request was served once a connection was given back.
+    assert_eq!((ok, overflow), (3, 1));
+    assert_eq!(arrived.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        metric(
+            &proxy,
+            "meshgate_circuit_breaker_overflows_total{limit=\"connections\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    let opened = metric(
+        &proxy,
+        &series("meshgate_upstream_connections_opened_total"),
+    )
+    .await
+    .unwrap();
+    // The waiting request normally reuses a freed connection; at most it opens
+    // one after the first two are back in the pool.
+    assert!((2.0..=3.0).contains(&opened), "{opened} connections opened");
+}
+
 /// A backend answering `name` on `/` and 200 on `/healthz` while `healthy`
 /// holds (503 otherwise); counts its health probes.
 async fn checked(
