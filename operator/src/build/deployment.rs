@@ -114,17 +114,16 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
         }
     }
 
-    let mut ports = vec![ContainerPort {
+    // Only the admin port is declared (the PodMonitor selects it by name). The
+    // listener ports are not: the proxy binds them live as the ApiGateway
+    // changes, and the Service targets them by number, so declaring them would
+    // make every listener change roll the pods for nothing.
+    let ports = vec![ContainerPort {
         name: Some("admin".into()),
         container_port: admin,
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     }];
-    ports.extend(ctx.gw.spec.listeners.iter().map(|l| ContainerPort {
-        container_port: l.port,
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    }));
 
     // Ports below 1024 without NET_BIND_SERVICE: the namespaced, "safe" sysctl.
     let sysctls = ctx

@@ -17,7 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
-use meshgate_crds::gateway::{IdentitySource, ListenerProtocol, MeshMode};
+use meshgate_crds::gateway::{IdentitySource, MeshMode};
 use meshgate_crds::ApiGateway;
 
 use crate::error::{Error, Result};
@@ -307,27 +307,12 @@ pub fn is_managed<K: Resource>(obj: &K) -> bool {
     obj.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
 }
 
-/// A hash of what the proxy cannot change without a restart: the ports and
-/// protocols it binds and its identity mode. Routes, policies and
-/// certificates are reloaded live, so they are deliberately left out.
-pub fn config_hash(gw: &ApiGateway, mode: IdentityMode) -> String {
-    let mut listeners: Vec<(i32, &'static str)> = gw
-        .spec
-        .listeners
-        .iter()
-        .map(|l| {
-            let proto = match l.protocol {
-                ListenerProtocol::HTTP => "HTTP",
-                ListenerProtocol::HTTPS => "HTTPS",
-            };
-            (l.port, proto)
-        })
-        .collect();
-    listeners.sort();
-    let mut canonical = format!("v1;identity={}", mode.as_str());
-    for (port, proto) in listeners {
-        canonical.push_str(&format!(";{port}/{proto}"));
-    }
+/// A hash of what the proxy cannot change without a restart: its identity
+/// mode. Routes, policies, certificates and listeners (ports, protocols: the
+/// proxy binds them live, see proxy/src/listeners.rs) are reloaded, so they are
+/// deliberately left out.
+pub fn config_hash(_gw: &ApiGateway, mode: IdentityMode) -> String {
+    let canonical = format!("v2;identity={}", mode.as_str());
     format!("{:016x}", fnv1a64(canonical.as_bytes()))
 }
 
@@ -378,13 +363,21 @@ spec:
     }
 
     #[test]
-    fn port_and_identity_changes_change_the_config_hash() {
+    fn identity_changes_change_the_config_hash_and_listener_changes_do_not() {
         let a = gw(BASE);
         let mut b = a.clone();
         b.spec.listeners[0].port = 9090;
-        assert_ne!(
+        b.spec.listeners[0].name = "renamed".into();
+        assert_eq!(
             config_hash(&a, IdentityMode::IstioCa),
             config_hash(&b, IdentityMode::IstioCa)
+        );
+        // The pod template does not change either: the proxy rebinds live.
+        let da = build(&a, &BuildOptions::default()).unwrap();
+        let db = build(&b, &BuildOptions::default()).unwrap();
+        assert_eq!(
+            da.deployment.spec.as_ref().map(|s| &s.template),
+            db.deployment.spec.as_ref().map(|s| &s.template)
         );
         assert_ne!(
             config_hash(&a, IdentityMode::IstioCa),
