@@ -268,7 +268,130 @@ async fn refused_upstream_identities_get_503_mi_and_are_counted() {
             sidecar.peers().is_empty(),
             "{name}: nothing reached the backend"
         );
+        // A refused handshake is a failed connection attempt of that backend.
+        assert_eq!(
+            pool_metric(&running, "meshgate_upstream_connect_failures_total", name),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            pool_metric(&running, "meshgate_upstream_connections_opened_total", name),
+            0,
+            "{name}"
+        );
     }
+}
+
+/// A pool series of backend `shop/<service>:80`.
+fn pool_metric(running: &Running, series: &str, service: &str) -> u64 {
+    let text = running.state.policy.render_metrics();
+    let prefix = format!("{series}{{backend=\"shop/{service}:80\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} in\n{text}"))
+}
+
+#[tokio::test]
+async fn active_health_checks_probe_mesh_backends_over_mtls() {
+    meshgate_proxy::install_crypto_provider();
+    let ca = LocalCa::new("cluster.local").unwrap();
+    let (_g, gateway) = fixed(ca.identity(&id(GATEWAY)).unwrap());
+    let (_w, web) = fixed(ca.identity(&id(WEB)).unwrap());
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probes = Arc::new(AtomicU64::new(0));
+    let handler: Handler = {
+        let healthy = healthy.clone();
+        let probes = probes.clone();
+        Arc::new(move |request, peer| {
+            let healthy = healthy.clone();
+            let probes = probes.clone();
+            Box::pin(async move {
+                if request.uri().path() == "/healthz" {
+                    probes.fetch_add(1, Relaxed);
+                    let status = if healthy.load(Relaxed) { 200 } else { 503 };
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(peer.id.map(|i| i.to_string()).unwrap_or_default()),
+                    ));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    return response;
+                }
+                echo_handler(request, peer).await
+            })
+        })
+    };
+    let sidecar = SidecarInbound::start_with(
+        web,
+        "cluster.local",
+        "127.0.0.1:0".parse().unwrap(),
+        handler,
+    )
+    .await
+    .unwrap();
+    let yaml = manifests(
+        "[{name: web, serviceAccounts: [web]}]",
+        &[("web", sidecar.addr)],
+    ) + "---\napiVersion: meshgate.io/v1alpha1\nkind: ApiPolicy\nmetadata: {name: hc, namespace: shop}\nspec:\n  targetRefs: [{group: meshgate.io, kind: ApiGateway, name: gw}]\n  healthCheck:\n    active: {type: HTTP, http: {path: /healthz}, interval: 100ms, unhealthyThreshold: 1, healthyThreshold: 1}\n";
+    let (running, http) = start(&yaml, Some(gateway), None, None).await;
+    let wait = Duration::from_secs(10);
+    let status =
+        |path: &'static str| async move { client::get(http, "shop.test", path).await.unwrap() };
+
+    // Probes arrive over the mesh connection: mTLS with the gateway's identity.
+    let deadline = tokio::time::Instant::now() + wait;
+    while probes.load(Relaxed) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no probes arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers = sidecar.peers();
+    assert!(!peers.is_empty());
+    for peer in &peers {
+        assert_eq!(
+            peer.id.as_ref().map(|i| i.to_string()).as_deref(),
+            Some(GATEWAY)
+        );
+        assert_eq!(peer.alpn.as_deref(), Some("istio-http/1.1"));
+    }
+    assert_eq!(status("/web/a").await.status, 200);
+
+    // The backend fails its probe: no healthy endpoint, 503 UH.
+    healthy.store(false, Relaxed);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let reply = status("/web/b").await;
+        if reply.status == 503 {
+            assert_eq!(reply.header("x-meshgate-flags"), Some("UH"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It passes again: served again.
+    healthy.store(true, Relaxed);
+    let deadline = tokio::time::Instant::now() + wait;
+    while status("/web/c").await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Probes and requests shared the pooled mesh connection(s); none failed.
+    assert!(
+        pool_metric(
+            &running,
+            "meshgate_upstream_connections_opened_total",
+            "web"
+        ) >= 1
+    );
+    assert_eq!(
+        pool_metric(&running, "meshgate_upstream_connect_failures_total", "web"),
+        0
+    );
+    assert_eq!(mi_failures(&running), 0);
 }
 
 #[tokio::test]
