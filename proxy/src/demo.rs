@@ -137,6 +137,8 @@ async fn echo(
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
+        // HTTP/2: `:authority`; HTTP/1.1 origin-form requests have none.
+        "authority": parts.uri.authority().map(|a| a.as_str()),
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),

@@ -38,6 +38,7 @@ use crate::snapshot::Snapshot;
 use crate::state::State;
 use crate::state::{ClientBody, UpstreamBody, UpstreamClient};
 use crate::telemetry::RequestTrace;
+use crate::upstream::UpstreamError;
 use crate::{grpc, upgrade};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -794,15 +795,8 @@ async fn plan(
         .as_ref()
         .and_then(|r| r.hostname.clone())
         .unwrap_or(raw_host);
-    if h2 {
-        // HTTP/2 names the authority in `:authority`, which is the endpoint (the
-        // pool key); a Host header that disagrees with it is a malformed request
-        // to strict servers (RFC 9113 8.3.1). The client's host stays in
-        // X-Forwarded-Host.
-        headers.remove(header::HOST);
-    } else {
-        headers.insert(header::HOST, upstream_host);
-    }
+    // HTTP/2 upstreams get it as `:authority` (crate::h2pool), not as a header.
+    headers.insert(header::HOST, upstream_host);
     if let Some(modifier) = &route.request_headers {
         modifier.apply(headers);
     }
@@ -894,11 +888,30 @@ async fn keep_body(body: ClientBody) -> Result<RequestBody, BoxError> {
     }
 }
 
+/// Where upstream requests go: the pooled HTTP/1.1 client, or the HTTP/2 connections.
+#[derive(Clone, Copy)]
+enum Upstream<'a> {
+    Http1(&'a UpstreamClient),
+    Http2(&'a crate::h2pool::H2Pool),
+}
+
+impl Upstream<'_> {
+    async fn request(
+        self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match self {
+            Upstream::Http1(client) => client.request(request).await.map_err(UpstreamError::Pool),
+            Upstream::Http2(pool) => pool.request(request).await,
+        }
+    }
+}
+
 /// How one upstream attempt ended.
 enum Attempt {
     Response(Response<Incoming>),
     Timeout,
-    Failed(hyper_util::client::legacy::Error),
+    Failed(UpstreamError),
 }
 
 impl Attempt {
@@ -923,7 +936,7 @@ impl Attempt {
 }
 
 async fn attempt(
-    client: &UpstreamClient,
+    client: Upstream<'_>,
     mut request: Request<UpstreamBody>,
     timeout: Option<Duration>,
     trace: Option<&RequestTrace>,
@@ -958,7 +971,7 @@ async fn attempt(
 }
 
 async fn attempt_inner(
-    client: &UpstreamClient,
+    client: Upstream<'_>,
     request: Request<UpstreamBody>,
     timeout: Option<Duration>,
 ) -> Attempt {
@@ -1103,9 +1116,9 @@ async fn forward(
     } = chosen;
     let upstream = endpoint.addr;
     let client = if h2 {
-        &state.upstream_h2
+        Upstream::Http2(&state.h2)
     } else {
-        &state.upstream
+        Upstream::Http1(&state.upstream)
     };
     let policy = settings.retry.as_ref().filter(|p| p.attempts > 0);
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());

@@ -78,6 +78,8 @@ pub fn apply(state: &State, snapshot: Snapshot) {
             .unwrap_or_default(),
     );
     state.policy.loads.pools.publish(&snapshot.routes);
+    let pools = &state.policy.loads.pools;
+    state.h2.retain(|addr| pools.for_addr(addr).is_some());
     let version = snapshot.version;
     state.snapshot.store(Arc::new(snapshot));
     // Listeners added, removed or changed are (re)bound by crate::listeners.

@@ -45,8 +45,11 @@ pub struct State {
     pub metrics: Metrics,
     /// HTTP/1.1 upstreams.
     pub upstream: UpstreamClient,
-    /// HTTP/2 (h2c, prior knowledge) upstreams: gRPC and h2c Services.
+    /// HTTP/2 (h2c, prior knowledge) upstreams for health probes.
     pub upstream_h2: UpstreamClient,
+    /// HTTP/2 upstreams of requests (gRPC, h2c Services): one connection per
+    /// endpoint, `:authority` from the request's host.
+    pub h2: crate::h2pool::H2Pool,
     /// True once listeners serve a snapshot, false again while shutting down.
     pub ready: AtomicBool,
     /// The listeners as bound now (see [`crate::listeners`]).
@@ -100,7 +103,7 @@ impl State {
             .timer(TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .build(connector_h2);
+            .build(connector_h2.clone());
         // Health checks go through the clients (and so the connectors) of requests.
         policy.health.bind(upstream.clone(), upstream_h2.clone());
         Arc::new(State {
@@ -108,6 +111,7 @@ impl State {
             metrics: Metrics::default(),
             upstream,
             upstream_h2,
+            h2: crate::h2pool::H2Pool::new(connector_h2),
             ready: AtomicBool::new(false),
             bound: ArcSwap::from_pointee(Vec::new()),
             applied: tokio::sync::watch::Sender::new(0),

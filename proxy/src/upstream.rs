@@ -249,6 +249,40 @@ async fn connect_mesh(
     Ok(Io::Tls(Box::new(TokioIo::new(tls))))
 }
 
+/// Why an upstream request got no response. The sources are kept, so the
+/// chain can be searched (client body failures, mesh identity refusals).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// From the pooled HTTP/1.1 client.
+    #[error(transparent)]
+    Pool(#[from] hyper_util::client::legacy::Error),
+    /// Connecting to an HTTP/2 endpoint (TCP, TLS, HBONE) failed.
+    #[error("connecting: {0}")]
+    Connect(#[source] Error),
+    /// The HTTP/2 handshake with the endpoint failed.
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The request failed on an HTTP/2 connection.
+    #[error(transparent)]
+    Request(hyper::Error),
+    /// The request URI named no endpoint address.
+    #[error("the upstream request names no endpoint address")]
+    NoEndpoint,
+}
+
+impl UpstreamError {
+    /// Whether no connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Pool(e) => e.is_connect(),
+            UpstreamError::Connect(_) | UpstreamError::Handshake(_) | UpstreamError::NoEndpoint => {
+                true
+            }
+            UpstreamError::Request(_) => false,
+        }
+    }
+}
+
 /// The mesh error behind a failed upstream request, if that is why it failed.
 pub fn mesh_identity_error<'a>(
     e: &'a (dyn std::error::Error + 'static),

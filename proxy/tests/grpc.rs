@@ -186,7 +186,7 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
 "#,
         port = echo.port()
     ) + &service_yaml("h1", echo, true);
-    let routes = "  - name: h2\n    matches: [{path: {value: /h2}}]\n    backendRefs: [{name: h2, port: 80}]\n  - name: h1\n    matches: [{path: {value: /h1}}]\n    backendRefs: [{name: h1, port: 80}]\n";
+    let routes = "  - name: h2\n    matches: [{path: {value: /h2}}]\n    backendRefs: [{name: h2, port: 80}]\n  - name: h2r\n    matches: [{path: {value: /h2r}}]\n    filters: [{type: URLRewrite, urlRewrite: {hostname: inner.test}}]\n    backendRefs: [{name: h2, port: 80}]\n  - name: h1\n    matches: [{path: {value: /h1}}]\n    backendRefs: [{name: h1, port: 80}]\n";
     let proxy = start_yaml(
         &(gateway_yaml(&http_listener("http", 80), routes) + &services),
         &["http"],
@@ -195,10 +195,15 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
     let addr = proxy.listener_addr("http").unwrap();
     let h2 = get(addr, "a.test", "/h2").await.json().unwrap();
     assert_eq!(h2["version"], "HTTP/2.0", "{h2}");
-    // HTTP/2 upstream: the authority is in :authority only; a second, different
-    // Host header would be a malformed request (RFC 9113 8.3.1).
+    // HTTP/2 upstream: the client's host is the request's :authority (as Envoy
+    // sends it), not the endpoint address; no Host header beside it, which
+    // would be a malformed request if it differed (RFC 9113 8.3.1).
+    assert_eq!(h2["authority"], "a.test", "{h2}");
     assert!(h2["headers"].get("host").is_none(), "{h2}");
     assert_eq!(h2["headers"]["x-forwarded-host"], "a.test", "{h2}");
+    // A route's hostname rewrite reaches HTTP/2 backends too.
+    let rewritten = get(addr, "a.test", "/h2r").await.json().unwrap();
+    assert_eq!(rewritten["authority"], "inner.test", "{rewritten}");
     let h1 = get(addr, "a.test", "/h1").await.json().unwrap();
     assert_eq!(h1["version"], "HTTP/1.1", "{h1}");
     assert_eq!(h1["headers"]["host"], "a.test", "{h1}");
