@@ -124,6 +124,18 @@ pub fn replace_prefix(path: &str, prefix: &str, replacement: &str) -> String {
     out
 }
 
+/// `h` if it is a hostname (letters, digits, `-` and `.`: what the CRDs'
+/// pattern allows, checked here too because standalone manifests are not
+/// validated by an API server), so that it cannot put CR, LF or anything else
+/// into a Host or Location header.
+fn hostname(h: &str) -> Option<&str> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    ok.then_some(h)
+}
+
 /// URLRewrite: a new Host and/or path for the upstream request.
 #[derive(Debug, Default)]
 pub struct UrlRewrite {
@@ -137,7 +149,11 @@ impl UrlRewrite {
             hostname: r
                 .hostname
                 .as_deref()
-                .map(|h| HeaderValue::from_str(h).map_err(|_| format!("invalid hostname {h:?}")))
+                .map(|h| {
+                    hostname(h)
+                        .and_then(|h| HeaderValue::from_str(h).ok())
+                        .ok_or_else(|| format!("invalid hostname {h:?}"))
+                })
                 .transpose()?,
             path: r.path.as_ref().map(PathModifier::compile).transpose()?,
         })
@@ -189,7 +205,15 @@ impl Redirect {
                 api::RedirectScheme::Http => Scheme::Http,
                 api::RedirectScheme::Https => Scheme::Https,
             }),
-            hostname: r.hostname.clone(),
+            hostname: r
+                .hostname
+                .as_deref()
+                .map(|h| {
+                    hostname(h)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("invalid redirect hostname {h:?}"))
+                })
+                .transpose()?,
             path: r.path.as_ref().map(PathModifier::compile).transpose()?,
             port,
             status: StatusCode::from_u16(status as u16).map_err(|e| e.to_string())?,
@@ -322,6 +346,36 @@ mod tests {
             status: StatusCode::FOUND,
         };
         assert_eq!(plain.location(&on_80), "http://example.com/old/x");
+    }
+
+    #[test]
+    fn hostnames_with_control_characters_are_compile_errors() {
+        for bad in [
+            "a.test\r\nx-injected: 1",
+            "a.test\0",
+            "a b",
+            "",
+            "a/b",
+            "a:80",
+        ] {
+            let err = Redirect::compile(&api::RequestRedirect {
+                hostname: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("invalid redirect hostname"), "{err}");
+            let err = UrlRewrite::compile(&api::UrlRewrite {
+                hostname: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("invalid hostname"), "{err}");
+        }
+        assert!(Redirect::compile(&api::RequestRedirect {
+            hostname: Some("new.example-1.test".into()),
+            ..Default::default()
+        })
+        .is_ok());
     }
 
     #[test]

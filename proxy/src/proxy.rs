@@ -532,6 +532,16 @@ async fn plan(
     };
     let (mut parts, body) = request.into_parts();
 
+    // Two Host lines (RFC 9112 3.2: 400): routing, policies and the upstream
+    // could each read a different one.
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Plan::local(
+            StatusCode::BAD_REQUEST,
+            Flag::BadRequest,
+            "duplicate host\n",
+            None,
+        );
+    }
     // RFC 9112 3.2.2: the authority of an absolute-form target wins over Host.
     let raw_host = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),

@@ -320,11 +320,15 @@ pub fn host_in_wildcard(host: &str, suffix: &str) -> bool {
 
 /// The PathPrefix keys a path can match, longest first: the whole path (unless it
 /// ends in `/`), then the path before each `/`. `/a/b` gives `/a/b`, `/a`, ``.
+/// A `;` (RFC 3986 segment parameters, which servlet containers strip) ends a
+/// key too, so that `/admin;x=1` is matched by PathPrefix `/admin` as the
+/// backend will read it.
 pub fn prefix_keys(path: &str) -> impl Iterator<Item = &str> {
-    let whole = (!path.ends_with('/')).then_some(path);
-    whole
-        .into_iter()
-        .chain(path.rmatch_indices('/').map(move |(i, _)| &path[..i]))
+    let whole = (!path.ends_with(['/', ';'])).then_some(path);
+    whole.into_iter().chain(
+        path.rmatch_indices(['/', ';'])
+            .map(move |(i, _)| &path[..i]),
+    )
 }
 
 /// The host of a request without port or trailing dot, in lower case; `None` when
@@ -348,7 +352,14 @@ pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.contains(['/', '@', ' ', '\\']) {
+    // An empty label (`a..b`, `.a`, `a..`) is no hostname: refused rather than
+    // matched by a catch-all route while a backend might read it as `a.b`.
+    if host.is_empty()
+        || host.contains(['/', '@', ' ', '\\'])
+        || host.starts_with('.')
+        || host.ends_with('.')
+        || host.contains("..")
+    {
         return None;
     }
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -358,31 +369,37 @@ pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
     })
 }
 
-/// Removes `.` and `..` segments (RFC 3986 5.2.4) so that routing and the upstream
-/// see the same path. `None` (answered 400) for a path that does not start with `/`
-/// or has percent-encoded dot segments.
+/// The path routing matches and the upstream receives (they are always the same
+/// string, so that a matcher and a backend cannot read one path two ways):
+/// `.` and `..` segments removed (RFC 3986 5.2.4), runs of `/` merged into one,
+/// and percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2: `/%61dmin`
+/// is `/admin`). `None` (answered 400) for a path that does not start with `/`,
+/// or that a backend could read as a different path than the matcher:
+/// percent-encoded dot segments (`%2e%2e`, also fullwidth `%EF%BC%8E`), dot
+/// segments with parameters (`..;`), an encoded `/` that makes an empty or dot
+/// segment (`..%2f`, `%2fadmin`), a backslash (raw or `%5C`), an encoded NUL,
+/// and escapes that do not decode to UTF-8 (overlong `%C0%AE`).
 pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
-    if !path.starts_with('/') {
+    if !path.starts_with('/') || path.contains('\\') {
         return None;
     }
-    let mut dot_segments = false;
+    let mut rewrite = path.contains("//");
     for segment in path.split('/') {
         match segment {
-            "." | ".." => dot_segments = true,
-            s if s.len() <= 6 && s.contains('%') => {
-                let decoded = s.to_ascii_lowercase().replace("%2e", ".");
-                if decoded == "." || decoded == ".." {
+            "." | ".." => rewrite = true,
+            s => {
+                if ambiguous_segment(s) {
                     return None;
                 }
+                rewrite |= has_unreserved_escape(s);
             }
-            _ => {}
         }
     }
-    if !dot_segments {
+    if !rewrite {
         return Some(Cow::Borrowed(path));
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
-    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(segments.len());
     for (i, segment) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         match *segment {
@@ -390,13 +407,108 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
             ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            // An empty segment is a repeated `/`, or the trailing one.
+            "" if !last => {}
+            s => out.push(decode_unreserved(s)),
         }
         if last && matches!(*segment, "." | "..") {
-            out.push("");
+            out.push(Cow::Borrowed(""));
         }
     }
     Some(Cow::Owned(format!("/{}", out.join("/"))))
+}
+
+/// Characters that some backends fold into `.`, `/` or `\\` (Unicode
+/// normalisation NFKC): fullwidth full stop, solidus and reverse solidus.
+const LOOKALIKES: [(char, char); 3] = [('\u{ff0e}', '.'), ('\u{ff0f}', '/'), ('\u{ff3c}', '\\')];
+
+/// Whether a segment (not `.` or `..` itself) could be read as a dot segment
+/// or as more than one segment once decoded, or holds an encoded NUL or bytes
+/// that are not UTF-8; see [`normalize_path`].
+fn ambiguous_segment(segment: &str) -> bool {
+    let plain = !segment.contains('%') && segment.is_ascii();
+    let decoded = if plain {
+        Cow::Borrowed(segment)
+    } else {
+        let bytes = percent_decode_bytes(segment);
+        if bytes.contains(&0) {
+            return true;
+        }
+        match String::from_utf8(bytes) {
+            Ok(mut s) => {
+                for (from, to) in LOOKALIKES {
+                    if s.contains(from) {
+                        s = s.replace(from, &to.to_string());
+                    }
+                }
+                Cow::Owned(s)
+            }
+            Err(_) => return true,
+        }
+    };
+    if decoded.contains('\\') {
+        return true;
+    }
+    let split = decoded.contains('/');
+    decoded.split('/').any(|piece| {
+        let name = piece.split(';').next().unwrap_or(piece);
+        matches!(name, "." | "..") || (split && piece.is_empty())
+    })
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_byte(h: u8, l: u8) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    Some((hex(h)? * 16 + hex(l)?) as u8)
+}
+
+/// Whether `s` holds a `%XX` escape of an unreserved character.
+fn has_unreserved_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i] == b'%'
+            && b.get(i + 1)
+                .zip(b.get(i + 2))
+                .and_then(|(h, l)| hex_byte(*h, *l))
+                .is_some_and(is_unreserved)
+    })
+}
+
+/// `s` with escapes of unreserved characters decoded, other escapes kept.
+fn decode_unreserved(s: &str) -> Cow<'_, str> {
+    if !has_unreserved_escape(s) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = (b[i] == b'%')
+            .then(|| b.get(i + 1).zip(b.get(i + 2)))
+            .flatten()
+            .and_then(|(h, l)| hex_byte(*h, *l))
+            .filter(|c| is_unreserved(*c));
+        match decoded {
+            Some(c) => {
+                out.push(char::from(c));
+                i += 3;
+            }
+            None if b[i] == b'%' => {
+                out.push('%');
+                i += 1;
+            }
+            None => {
+                // Copy up to the next `%` (keeps multi-byte characters whole).
+                let next = s[i..].find('%').map_or(s.len(), |j| i + j);
+                out.push_str(&s[i..next]);
+                i = next;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The first value of query parameter `name` (names and values percent-decoded).
@@ -412,27 +524,31 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }
+    Cow::Owned(String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned())
+}
+
+/// The bytes `s` stands for, `%XX` escapes decoded (invalid escapes kept).
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1).zip(bytes.get(i + 2)))
+            .flatten()
+            .and_then(|(h, l)| hex_byte(*h, *l));
+        match escaped {
+            Some(b) => {
+                out.push(b);
                 i += 3;
             }
-            (b, _, _) => {
-                out.push(b);
+            None => {
+                out.push(bytes[i]);
                 i += 1;
             }
         }
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    out
 }
 
 #[cfg(test)]
@@ -450,6 +566,10 @@ mod tests {
             vec!["/a/b", "/a", ""]
         );
         assert_eq!(prefix_keys("/").collect::<Vec<_>>(), vec![""]);
+        assert_eq!(
+            prefix_keys("/a;x=1/b").collect::<Vec<_>>(),
+            vec!["/a;x=1/b", "/a;x=1", "/a", ""]
+        );
         // "/foo" is never a key of "/foobar": no segment boundary there.
         assert!(!prefix_keys("/foobar").any(|k| k == "/foo"));
     }
@@ -470,7 +590,35 @@ mod tests {
         assert_eq!(normalize_path("/a..b/.c").as_deref(), Some("/a..b/.c"));
         assert_eq!(normalize_path("/a/%2e%2E/b"), None);
         assert_eq!(normalize_path("/a/.%2e"), None);
-        assert_eq!(normalize_path("/a/%41"), Some(Cow::Borrowed("/a/%41")));
+        assert_eq!(normalize_path("/a/%41").as_deref(), Some("/a/A"));
+        assert_eq!(
+            normalize_path("/%61dmin/x%2Fy").as_deref(),
+            Some("/admin/x%2Fy")
+        );
+        assert_eq!(normalize_path("//admin//x/").as_deref(), Some("/admin/x/"));
+        assert_eq!(normalize_path("/a%C3%A9"), Some(Cow::Borrowed("/a%C3%A9")));
+        assert_eq!(normalize_path("/é%41%zz%").as_deref(), Some("/éA%zz%"));
+        assert_eq!(
+            normalize_path("/group%2Fproject").as_deref(),
+            Some("/group%2Fproject")
+        );
+        for bad in [
+            "/public/..%2fadmin",
+            "/public%2f..%2fadmin",
+            "/%2fadmin",
+            "/public/..;/admin",
+            "/public/.;x/admin",
+            "/admin%00",
+            "/%C0%AE%C0%AE/admin",
+            "/public/%EF%BC%8E%EF%BC%8E/admin",
+            "/public/\u{ff0e}\u{ff0e}/admin",
+            "/\\admin",
+            "/%5cadmin",
+            "/a%5C..",
+            "/%ff",
+        ] {
+            assert_eq!(normalize_path(bad), None, "{bad}");
+        }
         assert_eq!(normalize_path("*"), None);
         assert_eq!(normalize_path(""), None);
     }
@@ -494,6 +642,9 @@ mod tests {
         assert_eq!(normalize_host("a.test:x"), None);
         assert_eq!(normalize_host("a.test:80:80"), None);
         assert_eq!(normalize_host("a.test:").as_deref(), Some("a.test"));
+        assert_eq!(normalize_host("a.test.."), None);
+        assert_eq!(normalize_host(".a.test"), None);
+        assert_eq!(normalize_host("a..test"), None);
     }
 
     #[test]
