@@ -91,6 +91,11 @@ impl ConnActivity {
         self.active.fetch_sub(1, SeqCst);
     }
 
+    /// Whether no request is in progress.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(SeqCst) == 0
+    }
+
     /// Resolves once the connection has had no request in progress for `timeout`.
     pub async fn idle(&self, timeout: Duration) {
         loop {
@@ -258,21 +263,39 @@ macro_rules! service {
 
 /// Serves a connection until it ends; on shutdown, or after `idleTimeout`
 /// without a request in progress, closes it gracefully (in-flight requests finish).
+///
+/// A graceful close needs the client's help: HTTP/2 sends GOAWAY and a PING and
+/// waits for the answer, and a client that does not read (a PING or SETTINGS
+/// flood fills the socket, so even the GOAWAY cannot be written) or never
+/// answers would hold the connection forever. So once closing has begun, a
+/// connection with no request in progress is dropped after `$grace` (the
+/// listener's `requestHeaderTimeout`, 10 s by default).
 macro_rules! drive {
-    ($connection:expr, $activity:expr, $idle:expr, $shutdown:expr) => {{
+    ($connection:expr, $activity:expr, $idle:expr, $grace:expr, $shutdown:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
         let mut closing = false;
+        let give_up = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(give_up);
         loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
                 _ = $activity.idle($idle), if !closing => {
                     closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
                     connection.as_mut().graceful_shutdown();
                 }
                 _ = $shutdown.wait_for(|stop| *stop), if !closing => {
                     closing = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
                     connection.as_mut().graceful_shutdown();
+                }
+                _ = give_up.as_mut(), if closing => {
+                    if $activity.is_idle() {
+                        tracing::debug!("connection not closed by the client after GOAWAY; dropped");
+                        break Ok(());
+                    }
+                    give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
                 }
             }
         }
@@ -289,13 +312,14 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let idle = listening.idle_timeout;
+    let grace = listening.handshake_timeout;
     let result = match &listening.tls {
         None => {
             let conn = conn_info(&listening, name, peer, None);
             let connection = listening
                 .builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service!(conn));
-            drive!(connection, conn.activity, idle, shutdown)
+            drive!(connection, conn.activity, idle, grace, shutdown)
         }
         Some(acceptor) => {
             match tokio::time::timeout(listening.handshake_timeout, acceptor.accept(stream)).await {
@@ -305,7 +329,7 @@ async fn serve_connection(
                     let connection = listening
                         .builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service!(conn));
-                    drive!(connection, conn.activity, idle, shutdown)
+                    drive!(connection, conn.activity, idle, grace, shutdown)
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
