@@ -9,7 +9,7 @@
 #        build-tools.sh --list         print name and cached path of every tool
 #
 # names: kube-apiserver kube-controller-manager kube-scheduler kubectl
-#        etcd kwok istiod istio-crds gateway-api-crds helm jaeger
+#        etcd kwok istiod istio-crds gateway-api-crds prometheus-operator-crds helm jaeger
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -17,10 +17,14 @@ shopt -s inherit_errexit
 K8S_VERSION=v1.35.4   # k8s.io/kubernetes; staging modules are v0.${minor}.${patch}
 ETCD_VERSION=v3.6.16  # go.etcd.io/etcd/server/v3 (its root package is `main`)
 KWOK_VERSION=v0.7.0   # sigs.k8s.io/kwok/cmd/kwok
-ISTIO_VERSION=1.31.1  # istio.io/istio tag; tags lack the "v", so the module
-ISTIO_MODULE_VERSION=v0.0.0-20260916195427-190ae921b848 # pseudo-version = tag 1.31.1
+# istio.io/istio: the module proxy reachable here stopped serving the 1.31.1 tag
+# (403) in December 2026; it serves this release-1.31 commit of 2026-08-27 (just
+# before 1.31.0), fetched by its pseudo-version. ISTIO_VERSION names the build.
+ISTIO_VERSION=1.31-eed52ebb66ad
+ISTIO_MODULE_VERSION=v0.0.0-20260827124520-eed52ebb66ad
 GATEWAY_API_VERSION=v1.6.0 # sigs.k8s.io/gateway-api (the version istio $ISTIO_VERSION pins): its ReferenceGrant CRD
 HELM_VERSION=v3.22.0  # helm.sh/helm/v3/cmd/helm
+PROMETHEUS_OPERATOR_VERSION=v0.85.0 # github.com/prometheus-operator/prometheus-operator: PodMonitor/ServiceMonitor/PrometheusRule CRDs
 JAEGER_VERSION=v1.76.0 # github.com/jaegertracing/jaeger/cmd/jaeger (Jaeger v2: an OTel collector with OTLP in, memory storage, query API)
 # Pseudo-versions that istio $ISTIO_VERSION pins but the module proxy reachable
 # here does not serve; each is swapped for the nearest newer available version
@@ -28,6 +32,8 @@ JAEGER_VERSION=v1.76.0 # github.com/jaegertracing/jaeger/cmd/jaeger (Jaeger v2: 
 # istio.io/api and istio.io/client-go need no entry: tags of the very same
 # commit are found automatically (see istio_replaces).
 ISTIO_DEP_FALLBACKS=(
+  istio.io/api@v1.31.0        # pins v1.31.0-rc.0.0.20260824154656-b943409680a7
+  istio.io/client-go@v1.31.0  # pins v1.31.0-rc.0.0.20260824155257-512e1cfc6c15
   github.com/envoyproxy/go-control-plane/envoy@v1.38.0                                 # pins v1.37.1-0.20260713214202-ca8ce173c36f
   github.com/envoyproxy/go-control-plane/contrib@v1.36.1-0.20260729145720-a2d8c7492908 # pins v1.36.1-0.20260713214202-ca8ce173c36f
 )
@@ -38,7 +44,7 @@ BIN_DIR="$CACHE_ROOT/bin"
 SRC_DIR="$CACHE_ROOT/src"   # wrapper modules (go.mod/go.sum) live here, never in the repo
 
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds gateway-api-crds helm jaeger)
+ALL_TOOLS=("${K8S_TOOLS[@]}" etcd kwok istiod istio-crds gateway-api-crds prometheus-operator-crds helm jaeger)
 
 tool_version() {
   case "$1" in
@@ -47,6 +53,7 @@ tool_version() {
     kwok) echo "$KWOK_VERSION" ;;
     istiod | istio-crds) echo "$ISTIO_VERSION" ;;
     gateway-api-crds) echo "$GATEWAY_API_VERSION" ;;
+    prometheus-operator-crds) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     jaeger) echo "$JAEGER_VERSION" ;;
     *) return 1 ;;
@@ -57,7 +64,7 @@ tool_path() {
   local v
   v="$(tool_version "$1")" || { echo "build-tools: unknown tool '$1'" >&2; return 1; }
   case "$1" in
-    istio-crds | gateway-api-crds) echo "$BIN_DIR/$1-$v.yaml" ;;
+    istio-crds | gateway-api-crds | prometheus-operator-crds) echo "$BIN_DIR/$1-$v.yaml" ;;
     *) echo "$BIN_DIR/$1-$v" ;;
   esac
 }
@@ -70,7 +77,7 @@ print_env() {
   local pair var name
   for pair in KUBE_APISERVER:kube-apiserver KUBE_CONTROLLER_MANAGER:kube-controller-manager \
     KUBE_SCHEDULER:kube-scheduler KUBECTL:kubectl ETCD:etcd KWOK:kwok ISTIOD:istiod \
-    ISTIO_CRDS:istio-crds GATEWAY_API_CRDS:gateway-api-crds HELM:helm JAEGER:jaeger; do
+    ISTIO_CRDS:istio-crds GATEWAY_API_CRDS:gateway-api-crds PROMETHEUS_OPERATOR_CRDS:prometheus-operator-crds HELM:helm JAEGER:jaeger; do
     var="${pair%%:*}" name="${pair#*:}"
     printf 'export %s=%q\n' "$var" "$(tool_path "$name")"
   done
@@ -250,13 +257,10 @@ istio_replaces() {
 build_istio() {
   local -a want=("$@")
   local json gomod dir src commit p replaces
-  # Ask by tag: the proxy reachable here serves istio's .info only for the tag
-  # query, not for the pseudo-version path. The answer must match the pin.
-  json="$(fetch_module istio.io/istio "$ISTIO_VERSION")"
-  [[ "$(jq -r .Version <<<"$json")" == "$ISTIO_MODULE_VERSION" ]] ||
-    die "istio.io/istio@$ISTIO_VERSION resolved to $(jq -r .Version <<<"$json"), expected $ISTIO_MODULE_VERSION"
+  json="$(fetch_module istio.io/istio "$ISTIO_MODULE_VERSION")"
   gomod="$(jq -r .GoMod <<<"$json")" src="$(jq -r .Dir <<<"$json")"
   commit="$(origin_hash "$json")"
+  [[ "$commit" != unknown ]] || commit="${ISTIO_MODULE_VERSION##*-}"
   if [[ " ${want[*]} " == *" istio-crds "* ]]; then
     # All Istio CRDs in one plain YAML file (the base chart templates it verbatim).
     cp "$src/manifests/charts/base/files/crd-all.gen.yaml" "$(tool_path istio-crds).tmp"
@@ -286,6 +290,22 @@ build_gateway_api_crds() {
   chmod 0644 "$(tool_path gateway-api-crds).tmp"
   mv -f "$(tool_path gateway-api-crds).tmp" "$(tool_path gateway-api-crds)"
   log "gateway-api ReferenceGrant CRD $GATEWAY_API_VERSION -> $(tool_path gateway-api-crds)"
+}
+
+build_prometheus_operator_crds() {
+  # The three monitoring.coreos.com CRDs the chart renders objects of, so the
+  # conformance suite can apply them to a real API server (plain YAML in the module).
+  local json src f out
+  out="$(tool_path prometheus-operator-crds)"
+  json="$(fetch_module github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")"
+  src="$(jq -r .Dir <<<"$json")/example/prometheus-operator-crd"
+  : >"$out.tmp"
+  for f in podmonitors servicemonitors prometheusrules; do
+    { echo "---"; cat "$src/monitoring.coreos.com_$f.yaml"; } >>"$out.tmp"
+  done
+  chmod 0644 "$out.tmp"
+  mv -f "$out.tmp" "$out"
+  log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION -> $out"
 }
 
 build_helm() {
@@ -366,6 +386,7 @@ if has etcd; then step "etcd $ETCD_VERSION" build_etcd; fi
 if has kwok; then step "kwok $KWOK_VERSION" build_kwok; fi
 if [[ ${#istio_missing[@]} -gt 0 ]]; then step "istio $ISTIO_VERSION" build_istio "${istio_missing[@]}"; fi
 if has gateway-api-crds; then step "gateway-api CRDs $GATEWAY_API_VERSION" build_gateway_api_crds; fi
+if has prometheus-operator-crds; then step "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION" build_prometheus_operator_crds; fi
 if has helm; then step "helm $HELM_VERSION" build_helm; fi
 if has jaeger; then step "jaeger $JAEGER_VERSION" build_jaeger; fi
 
