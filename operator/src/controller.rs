@@ -186,6 +186,15 @@ async fn reconcile_gateway_inner(gw: &ApiGateway, ctx: &Context) -> Result<Actio
         &conditions::now(),
     );
     if let Some(st) = status::changed(gw.status.as_ref(), &new) {
+        // What the cached object showed, for telling a real change from a write
+        // made against a cache that had not seen the previous write yet.
+        tracing::debug!(
+            gateway = %name,
+            resource_version = gw.metadata.resource_version.as_deref().unwrap_or_default(),
+            old = ?gw.status,
+            new = ?st,
+            "writing ApiGateway status"
+        );
         let patch = json!({
             "apiVersion": ApiGateway::api_version(&()),
             "kind": ApiGateway::kind(&()),
