@@ -25,10 +25,10 @@ export PATH
 # the stable toolchain take them. Its own target directory: the instrumented
 # build shares nothing with normal builds.
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$cache/fuzz-target}"
+target_dir="${FUZZ_TARGET_DIR:-$cache/fuzz-target}"
 new="$cache/fuzz-corpus/$target"
 mkdir -p "$new" "fuzz/artifacts/$target"
-exec cargo fuzz run --fuzz-dir fuzz --features libfuzzer \
+exec cargo fuzz run --fuzz-dir fuzz --features libfuzzer --target-dir "$target_dir" \
     --sanitizer "${FUZZ_SANITIZER:-address}" \
     "$target" "$new" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
