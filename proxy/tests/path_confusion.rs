@@ -104,6 +104,10 @@ const PATHS: &[(&str, Expect)] = &[
     ("/%61%64%6D%69%6E/x", Protected("admin", "/admin/x")),
     // Escapes are decoded once: %25 stays, so this is not /admin to anyone.
     ("/%2561dmin", Public("root", "/%2561dmin")),
+    // A stray % before escapes that decode to "61" would make a new escape,
+    // /%61dmin, read as /admin by a backend (found by fuzzing): refused.
+    ("/%%36%31dmin", Refused),
+    ("/%zz/admin", Refused),
     ("/admin.", Public("root", "/admin.")),
     ("/adminx", Public("root", "/adminx")),
     ("/ad%C3%A9min", Public("root", "/ad%C3%A9min")),
