@@ -535,7 +535,9 @@ async fn istiod_down_past_the_renewal_point_the_cert_serves_and_renewal_resumes(
     // test, which is not what this test is about.
     std::fs::write(
         dir.join("root-cert.pem"),
-        istio_mesh_root(&client, "default").await.expect("mesh root"),
+        istio_mesh_root(&client, "default")
+            .await
+            .expect("mesh root"),
     )
     .unwrap();
     let backend = istiod_identity(&dir, &client, &ns.name, "web", Duration::from_secs(3600)).await;
