@@ -765,6 +765,7 @@ async fn an_operator_restart_changes_nothing() {
     // Let the dust settle: other controllers still write status (the
     // Deployment's, the PDB's) for a moment after Ready.
     let before = w.settled_versions().await;
+    let rollout_before = w.deployment().await.and_then(|d| d.status);
     op.stop().await;
 
     let op = w.start_operator();
@@ -782,7 +783,21 @@ async fn an_operator_restart_changes_nothing() {
     .await
     .expect("the restarted operator leads");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = w.resource_versions().await;
+    let mut after = w.resource_versions().await;
+    let rollout_after = w.deployment().await.and_then(|d| d.status);
+    let mut before = before;
+    if rollout_before != rollout_after {
+        // The Deployment's status moved while the operator was down (kwok and the
+        // controller-manager keep updating it; on a loaded machine that can come
+        // late): the gateway's Ready message reports those counts, so its status
+        // write is the new information, not the restart. Everything else must
+        // still be untouched.
+        eprintln!(
+            "the Deployment status changed during the restart ({rollout_before:?} -> {rollout_after:?}); the ApiGateway status is not compared"
+        );
+        before.remove("ApiGateway");
+        after.remove("ApiGateway");
+    }
     assert_eq!(before, after, "an operator restart must not write anything");
 
     op.stop().await;
