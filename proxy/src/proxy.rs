@@ -49,7 +49,11 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// The response header that says why the proxy answered by itself.
 pub const FLAGS_HEADER: &str = "x-meshgate-flags";
 /// Request id header, added when absent.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+// Names parsed once: a `&str` name is parsed and validated on every lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// What a request needs to know about its connection.
 #[derive(Debug)]
@@ -81,7 +85,7 @@ pub fn client_addr(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> Ip
         return peer;
     }
     let mut seen = 0;
-    for value in headers.get_all("x-forwarded-for").iter().rev() {
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(value) = value.to_str() else {
             return peer;
         };
@@ -118,6 +122,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those named in `Connection`, and
 /// `Upgrade` (an upgrade request puts it back, see [`crate::upgrade`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names present, then a `remove` only for those
+    // found: hashing all ten names for a `remove` each cost more than the rest
+    // of the header handling.
+    let mut found: [Option<HeaderName>; HOP_BY_HOP.len() + 1] = Default::default();
+    let mut count = 0;
+    for name in headers.keys() {
+        if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
+            found[count] = Some(name.clone());
+            count += 1;
+            if count == found.len() {
+                break;
+            }
+        }
+    }
+    if count == 0 {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -130,10 +151,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in found.into_iter().flatten() {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// The text of a response made by the proxy, kept for gRPC's `grpc-message`.
@@ -292,6 +312,18 @@ impl Body for ResponseBody {
     }
 }
 
+/// A random 128-bit request id as 32 lowercase hex digits, written without
+/// the formatting machinery (it runs on every request).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = bytes::BytesMut::with_capacity(32);
+    for byte in fastrand::u128(..).to_be_bytes() {
+        id.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_maybe_shared(id.freeze()).unwrap_or(HeaderValue::from_static("0"))
+}
+
 /// The hyper service of a listener connection.
 pub async fn serve(
     request: Request<Incoming>,
@@ -330,10 +362,10 @@ pub async fn handle(
         grpc,
         upgrade: upgrade.is_some(),
     };
-    if !request.headers().contains_key(REQUEST_ID_HEADER) {
-        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))) {
-            request.headers_mut().insert(REQUEST_ID_HEADER, id);
-        }
+    if !request.headers().contains_key(&REQUEST_ID_HEADER) {
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, new_request_id());
     }
     let trace = state.telemetry.start(request.headers(), "ingress");
     // The one snapshot load of this request. The guard lives until routing and
@@ -362,7 +394,7 @@ pub async fn handle(
             upstream: None,
             upstream_ms: None,
             bytes_in: Some(Arc::new(AtomicU64::new(0))),
-            request_id: request.headers().get(REQUEST_ID_HEADER).cloned(),
+            request_id: request.headers().get(&REQUEST_ID_HEADER).cloned(),
             flag: None,
             trace_id: trace.as_ref().map(|t| t.trace_id),
         });
@@ -825,25 +857,27 @@ async fn plan(
 /// X-Forwarded-For (the peer appended), X-Forwarded-Proto and X-Forwarded-Host
 /// (x-request-id is set in [`handle`]).
 fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
-    let peer = conn.peer.ip().to_string();
-    let mut xff = String::new();
+    use std::fmt::Write as _;
+    // One buffer for the whole value: the usual request has no X-Forwarded-For
+    // and gets only the peer's address.
+    let mut xff = String::with_capacity(64);
     for value in headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
         xff.push_str(value);
         xff.push_str(", ");
     }
-    xff.push_str(&peer);
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", value);
+    let _ = write!(xff, "{}", conn.peer.ip());
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(conn.scheme.as_str()),
     );
-    headers.insert("x-forwarded-host", host.clone());
+    headers.insert(X_FORWARDED_HOST, host.clone());
 }
 
 /// Forwards an upgrade request; see [`crate::upgrade`].
