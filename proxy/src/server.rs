@@ -254,10 +254,16 @@ fn conn_info(
 }
 
 /// The hyper service of a connection: each request is proxied with its [`ConnInfo`].
+///
+/// The request future is boxed: HTTP/1 keeps a slot sized for the service's
+/// future for the whole life of a connection (allocated when it opens), so an
+/// unboxed `proxy::serve` future would cost every idle keep-alive connection
+/// its full size; boxed, the slot is one pointer and the future is allocated
+/// only while a request is in progress.
 macro_rules! service {
     ($conn:expr) => {{
         let conn = $conn.clone();
-        service_fn(move |request| proxy::serve(request, conn.clone()))
+        service_fn(move |request| Box::pin(proxy::serve(request, conn.clone())))
     }};
 }
 
