@@ -363,10 +363,14 @@ async fn serve_connection(
     let result: Result<(), BoxError> = match &listening.tls {
         None => {
             let conn = conn_info(&listening, name, peer, None);
-            let connection = listening
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service!(conn));
-            drive!(connection, conn.activity, idle, grace, shutdown)
+            // Boxed like the TLS arms below that do not serve HTTP/1.1 by ALPN.
+            Box::pin(async {
+                let connection = listening
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service!(conn));
+                drive!(connection, conn.activity, idle, grace, shutdown)
+            })
+            .await
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(grace, acceptor.accept(stream)).await {
@@ -397,15 +401,23 @@ async fn serve_connection(
                         .with_upgrades();
                     drive!(connection, conn.activity, idle, grace, shutdown).map_err(Into::into)
                 }
+                // Boxed: their state is larger than HTTP/1.1's, and the
+                // connection task is sized for its largest state.
                 Some(Version::Http2) => {
-                    let connection = listening.http2.serve_connection(io, service!(conn));
-                    drive!(connection, conn.activity, idle, grace, shutdown).map_err(Into::into)
+                    Box::pin(async {
+                        let connection = listening.http2.serve_connection(io, service!(conn));
+                        drive!(connection, conn.activity, idle, grace, shutdown).map_err(Into::into)
+                    })
+                    .await
                 }
                 None => {
-                    let connection = listening
-                        .builder
-                        .serve_connection_with_upgrades(io, service!(conn));
-                    drive!(connection, conn.activity, idle, grace, shutdown)
+                    Box::pin(async {
+                        let connection = listening
+                            .builder
+                            .serve_connection_with_upgrades(io, service!(conn));
+                        drive!(connection, conn.activity, idle, grace, shutdown)
+                    })
+                    .await
                 }
             }
         }
