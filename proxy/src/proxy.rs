@@ -331,7 +331,7 @@ pub async fn handle(
         upgrade: upgrade.is_some(),
     };
     if !request.headers().contains_key(REQUEST_ID_HEADER) {
-        if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))) {
+        if let Some(id) = new_request_id() {
             request.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
     }
@@ -799,7 +799,7 @@ async fn plan(
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    set_forwarded_headers(headers, conn, &raw_host);
+    set_forwarded_headers(headers, conn.peer.ip(), conn.scheme, &raw_host);
     let upstream_host = route
         .rewrite
         .as_ref()
@@ -822,10 +822,22 @@ async fn plan(
     }
 }
 
+/// A new `x-request-id` value: 128 random bits in hex. Public for the header
+/// benchmark (`proxy/benches/headers.rs`).
+pub fn new_request_id() -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).ok()
+}
+
 /// X-Forwarded-For (the peer appended), X-Forwarded-Proto and X-Forwarded-Host
-/// (x-request-id is set in [`handle`]).
-fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
-    let peer = conn.peer.ip().to_string();
+/// (x-request-id is set in [`handle`]). Public for the header benchmark
+/// (`proxy/benches/headers.rs`); `peer` is the TCP peer, `scheme` the listener's.
+pub fn set_forwarded_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    scheme: Scheme,
+    host: &HeaderValue,
+) {
+    let peer = peer.to_string();
     let mut xff = String::new();
     for value in headers
         .get_all("x-forwarded-for")
@@ -841,7 +853,7 @@ fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &Header
     }
     headers.insert(
         "x-forwarded-proto",
-        HeaderValue::from_static(conn.scheme.as_str()),
+        HeaderValue::from_static(scheme.as_str()),
     );
     headers.insert("x-forwarded-host", host.clone());
 }
