@@ -431,22 +431,26 @@ fn translate_addresses(slices: &mut [EndpointSlice], map: &HashMap<IpAddr, IpAdd
 }
 
 /// Waits for the next change and for its burst to settle.
-async fn settled(changed: &Notify, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn settled(
+    changed: &Notify,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio::time::Instant> {
     tokio::select! {
         _ = changed.notified() => {}
-        _ = shutdown.changed() => return false,
+        _ = shutdown.changed() => return None,
     }
-    let deadline = tokio::time::Instant::now() + MAX_DELAY;
+    let first = tokio::time::Instant::now();
+    let deadline = first + MAX_DELAY;
     loop {
         tokio::select! {
             _ = changed.notified() => {
                 if tokio::time::Instant::now() >= deadline {
-                    return true;
+                    return Some(first);
                 }
             }
-            _ = tokio::time::sleep(DEBOUNCE) => return true,
-            _ = tokio::time::sleep_until(deadline) => return true,
-            _ = shutdown.changed() => return false,
+            _ = tokio::time::sleep(DEBOUNCE) => return Some(first),
+            _ = tokio::time::sleep_until(deadline) => return Some(first),
+            _ = shutdown.changed() => return None,
         }
     }
 }
@@ -483,7 +487,8 @@ pub async fn run(
     let mut last: Option<Vec<(String, String)>> = None;
     let mut waiting_logged = false;
 
-    while settled(&changed, &mut shutdown).await {
+    while let Some(first_change) = settled(&changed, &mut shutdown).await {
+        let assembling = tokio::time::Instant::now();
         let gateway_objects = gateways.objects();
         let policy_objects = policies.objects();
         // Follow what the gateway and its policies refer to.
@@ -527,25 +532,46 @@ pub async fn run(
         waiting_logged = false;
         let version = state.snapshot.load().version + 1;
         let (compile_state, compile_selector) = (state.clone(), selector.clone());
+        let compiling = tokio::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            compile(
+            let started = tokio::time::Instant::now();
+            let result = compile(
                 &manifests,
                 Some(&compile_selector),
                 version,
                 &compile_state.metrics,
                 &compile_state.policy,
-            )
+            );
+            (result, started.elapsed())
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Config(format!("compile task failed: {e}"))));
+        .unwrap_or_else(|e| {
+            let failed = Err(Error::Config(format!("compile task failed: {e}")));
+            (failed, Duration::ZERO)
+        });
+        // Compile, plus waiting for a blocking thread and dropping the manifests.
+        let blocking_time = compiling.elapsed();
+        let (result, compile_time) = result;
         last = Some(fp);
         match result {
             Ok(snapshot) => {
                 if version > 1 {
                     state.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 }
+                let applying = tokio::time::Instant::now();
                 reload::apply(&state, snapshot);
                 applied.send_replace(version);
+                // Where a change's propagation time goes (proxy/bench/propagation_cluster.py).
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                tracing::debug!(
+                    version,
+                    debounce_ms = ms(assembling - first_change),
+                    assemble_ms = ms(compiling - assembling),
+                    compile_ms = ms(compile_time),
+                    blocking_task_ms = ms(blocking_time),
+                    apply_ms = ms(applying.elapsed()),
+                    "reload timing"
+                );
             }
             Err(e) => {
                 state.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);

@@ -125,7 +125,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names present, then a `remove` only for those
     // found: hashing all ten names for a `remove` each cost more than the rest
     // of the header handling.
-    let mut found: [Option<HeaderName>; HOP_BY_HOP.len() + 1] = Default::default();
+    // The eight of HOP_BY_HOP and Upgrade.
+    let mut found: [Option<HeaderName>; 9] = Default::default();
     let mut count = 0;
     for name in headers.keys() {
         if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
@@ -313,8 +314,9 @@ impl Body for ResponseBody {
 }
 
 /// A random 128-bit request id as 32 lowercase hex digits, written without
-/// the formatting machinery (it runs on every request).
-fn new_request_id() -> HeaderValue {
+/// the formatting machinery (it runs on every request). Public for the header
+/// benchmark (`proxy/benches/headers.rs`).
+pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = bytes::BytesMut::with_capacity(32);
     for byte in fastrand::u128(..).to_be_bytes() {
@@ -831,7 +833,7 @@ async fn plan(
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    set_forwarded_headers(headers, conn, &raw_host);
+    set_forwarded_headers(headers, conn.peer.ip(), conn.scheme, &raw_host);
     let upstream_host = route
         .rewrite
         .as_ref()
@@ -855,8 +857,14 @@ async fn plan(
 }
 
 /// X-Forwarded-For (the peer appended), X-Forwarded-Proto and X-Forwarded-Host
-/// (x-request-id is set in [`handle`]).
-fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+/// (x-request-id is set in [`handle`]). Public for the header benchmark
+/// (`proxy/benches/headers.rs`); `peer` is the TCP peer, `scheme` the listener's.
+pub fn set_forwarded_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    scheme: Scheme,
+    host: &HeaderValue,
+) {
     use std::fmt::Write as _;
     // One buffer for the whole value: the usual request has no X-Forwarded-For
     // and gets only the peer's address.
@@ -869,14 +877,11 @@ fn set_forwarded_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: &Header
         xff.push_str(value);
         xff.push_str(", ");
     }
-    let _ = write!(xff, "{}", conn.peer.ip());
+    let _ = write!(xff, "{peer}");
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(conn.scheme.as_str()),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     headers.insert(X_FORWARDED_HOST, host.clone());
 }
 
