@@ -2,10 +2,12 @@
 //! watched for changes.
 //!
 //! The directory is watched with inotify (through `notify`; kqueue or FSEvents
-//! elsewhere). Events start a short quiet period ([`QUIET`]): the change is
-//! applied once [`QUIET`] passes without another event, so a file being written
-//! in place is not read half-way, but never later than [`MAX_DELAY`] after the
-//! first event, so a directory rewritten all the time is still applied. Any event
+//! elsewhere). Events start a short quiet period: the change is applied once
+//! [`QUIET`] passes without another event, so a file being written in place is
+//! not read half-way ([`SETTLE`] only, when the last event completed a file: a
+//! rename into the directory or a close after writing), but never later than
+//! [`MAX_DELAY`] after the first event, so a directory rewritten all the time is
+//! still applied. Any event
 //! in the directory counts, not only those on `*.yaml` names: a Kubernetes
 //! ConfigMap volume swaps its `..data` symlink, and the YAML names, symlinks
 //! through it, then lead to new files (see [`fingerprint`]).
@@ -40,6 +42,11 @@ pub const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A change is applied once the directory had no event for this long...
 pub const QUIET: Duration = Duration::from_millis(15);
+
+/// ...or for this long when the last event completed a file: a rename into the
+/// directory (an atomic replacement, a ConfigMap's `..data` swap) or a close after
+/// writing a manifest. Short, but enough to take files renamed in a row at once.
+pub const SETTLE: Duration = Duration::from_millis(2);
 
 /// ...or this long after its first event, whichever comes first.
 pub const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -164,11 +171,13 @@ struct Events {
     written: AtomicBool,
     /// The watched directory itself was removed or moved: watch it anew.
     lost: AtomicBool,
+    /// The last event completed a file (see [`SETTLE`]).
+    settled: AtomicBool,
 }
 
 impl Events {
     fn record(&self, dir: &Path, event: notify::Result<notify::Event>) {
-        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
         let Ok(event) = event else {
             // The watcher lost track (e.g. the queue overflowed): look again.
             self.written.store(true, Ordering::Relaxed);
@@ -185,9 +194,16 @@ impl Events {
         if event.need_rescan() {
             self.written.store(true, Ordering::Relaxed);
         }
-        if content && event.paths.iter().any(|p| is_manifest(p)) {
+        let manifest = event.paths.iter().any(|p| is_manifest(p));
+        if content && manifest {
             self.written.store(true, Ordering::Relaxed);
         }
+        let completed = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => manifest,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => true,
+            _ => false,
+        };
+        self.settled.store(completed, Ordering::Relaxed);
         if event.paths.iter().any(|p| p == dir)
             && matches!(
                 event.kind,
@@ -263,13 +279,19 @@ pub async fn watch_dir(
         } else {
             // Wait for a quiet moment, but not for ever.
             let first = tokio::time::Instant::now();
-            let mut deadline = first + QUIET;
+            let quiet = || {
+                let wait = if events.settled.load(Ordering::Relaxed) {
+                    SETTLE
+                } else {
+                    QUIET
+                };
+                (tokio::time::Instant::now() + wait).min(first + MAX_DELAY)
+            };
+            let mut deadline = quiet();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
-                    _ = events.wake.notified() => {
-                        deadline = (tokio::time::Instant::now() + QUIET).min(first + MAX_DELAY);
-                    }
+                    _ = events.wake.notified() => deadline = quiet(),
                     _ = shutdown.changed() => return,
                 }
             }
