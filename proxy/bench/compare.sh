@@ -20,6 +20,7 @@ export CONNS="${CONNS:-50}"
 export IDLE_CONNS="${IDLE_CONNS:-10000}"
 export MANY_ROUTES="${MANY_ROUTES:-10000}"
 export PROP_ROUTES="${PROP_ROUTES:-5000}"
+export PROP_CHANGES="${PROP_CHANGES:-20}"       # scenario 10: changes per run (p50/p99)
 export WITH_POLICY="${WITH_POLICY:-0}"          # 1: add scenario 5 (JWT + rate limit)
 export S2_CLIENTS="${S2_CLIENTS:-16}"
 export RELOAD_INTERVAL_MS="${RELOAD_INTERVAL_MS:-100}"

@@ -26,7 +26,8 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Standalone mode: a directory of Kubernetes YAML (ApiGateway, Secrets, Services,
-    /// EndpointSlices), polled every 500 ms and re-applied on change.
+    /// EndpointSlices), watched (inotify; a 2 s poll as a safety net) and re-applied
+    /// on change.
     #[arg(long, value_name = "DIR", required_unless_present = "gateway")]
     manifests: Option<PathBuf>,
     /// The ApiGateway to serve. Without --manifests this is cluster mode: the

@@ -229,3 +229,202 @@ async fn bad_route_is_dropped_and_reported_while_others_work() {
         .unwrap()
         .contains("test/missing not found"));
 }
+
+/// A proxy on `dir` whose safety-net poll never runs during the test: a change
+/// it serves was seen through the directory watch.
+async fn start_watch_only(
+    dir: &TestDir,
+) -> (meshgate_proxy::runtime::Running, std::net::SocketAddr) {
+    let proxy = start_dir_with(dir.path(), &["http"], |o| {
+        o.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let addr = proxy.listener_addr("http").unwrap();
+    (proxy, addr)
+}
+
+async fn reloads_ok(proxy: &meshgate_proxy::runtime::Running) -> f64 {
+    metric(proxy, "meshgate_config_reloads_total{result=\"ok\"}")
+        .await
+        .unwrap_or(0.0)
+}
+
+/// Generous: the watch applies a change in milliseconds; the poll would take an hour.
+const WATCH_WAIT: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn watched_change_is_applied_without_waiting_for_a_poll() {
+    let dir = TestDir::new("watch-rename");
+    let echo = spawn_echo("echo").await.unwrap();
+    dir.write("backend.yaml", &service_yaml("echo", echo, true));
+    dir.write(
+        "gateway.yaml",
+        &gateway_yaml(&http_listener("http", 80), &routes(&["one"])),
+    );
+    let (proxy, addr) = start_watch_only(&dir).await;
+    assert_eq!(status(addr, "/two").await, StatusCode::NOT_FOUND);
+
+    // Replaced by rename (TestDir::write).
+    let started = std::time::Instant::now();
+    dir.write(
+        "gateway.yaml",
+        &gateway_yaml(&http_listener("http", 80), &routes(&["one", "two"])),
+    );
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            status(addr, "/two").await == StatusCode::OK
+        })
+        .await,
+        "a file replaced by rename was not applied"
+    );
+    eprintln!("renamed file applied after {:?}", started.elapsed());
+
+    // Written in place (truncate and write).
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        gateway_yaml(&http_listener("http", 80), &routes(&["one", "three"])),
+    )
+    .unwrap();
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            status(addr, "/three").await == StatusCode::OK
+        })
+        .await,
+        "a file written in place was not applied"
+    );
+    assert_eq!(status(addr, "/two").await, StatusCode::NOT_FOUND);
+
+    // A new file, then a broken one: the last good snapshot stays.
+    dir.write("more.yaml", &service_yaml("other", echo, true));
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            config(&proxy).await["version"] == 4
+        })
+        .await
+    );
+    dir.write("broken.yaml", "kind: [\n");
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            metric(&proxy, "meshgate_config_reloads_total{result=\"failed\"}").await == Some(1.0)
+        })
+        .await,
+        "a broken file was not rejected"
+    );
+    assert_eq!(status(addr, "/three").await, StatusCode::OK);
+    assert_eq!(config(&proxy).await["version"], 4);
+}
+
+/// A Kubernetes ConfigMap volume: `NAME.yaml -> ..data/NAME.yaml`, `..data ->
+/// ..<timestamp>`, and an update swaps `..data` by renaming a new symlink over it.
+#[cfg(unix)]
+#[tokio::test]
+async fn configmap_symlink_swap_is_applied() {
+    use std::os::unix::fs::symlink;
+    let dir = TestDir::new("watch-configmap");
+    let echo = spawn_echo("echo").await.unwrap();
+    let version = |n: u32, names: &[&str]| {
+        let data = format!("..2026_12_07_00_00_0{n}.000000{n}");
+        std::fs::create_dir(dir.path().join(&data)).unwrap();
+        std::fs::write(
+            dir.path().join(&data).join("backend.yaml"),
+            service_yaml("echo", echo, true),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(&data).join("gateway.yaml"),
+            gateway_yaml(&http_listener("http", 80), &routes(names)),
+        )
+        .unwrap();
+        data
+    };
+    let first = version(1, &["one"]);
+    symlink(&first, dir.path().join("..data")).unwrap();
+    for name in ["backend.yaml", "gateway.yaml"] {
+        symlink(format!("..data/{name}"), dir.path().join(name)).unwrap();
+    }
+    let (_proxy, addr) = start_watch_only(&dir).await;
+    assert_eq!(status(addr, "/one").await, StatusCode::OK);
+    assert_eq!(status(addr, "/two").await, StatusCode::NOT_FOUND);
+
+    // What the kubelet does: a new timestamped directory, `..data_tmp` pointing
+    // at it renamed over `..data`, the old directory removed.
+    let second = version(2, &["one", "two"]);
+    symlink(&second, dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.path().join(&first)).unwrap();
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            status(addr, "/two").await == StatusCode::OK
+        })
+        .await,
+        "the ..data symlink swap was not applied"
+    );
+}
+
+#[tokio::test]
+async fn directory_rewritten_all_the_time_is_still_applied() {
+    let dir = TestDir::new("watch-busy");
+    let echo = spawn_echo("echo").await.unwrap();
+    dir.write("backend.yaml", &service_yaml("echo", echo, true));
+    dir.write(
+        "gateway.yaml",
+        &gateway_yaml(&http_listener("http", 80), &routes(&["one"])),
+    );
+    let (proxy, addr) = start_watch_only(&dir).await;
+    let gateway = |i: usize| {
+        gateway_yaml(
+            &http_listener("http", 80),
+            &routes(&["one", &format!("gen{i}")]),
+        )
+    };
+
+    // Every 100 ms for 2 s (scenario 9's cadence): reloads are applied while the
+    // writes go on, not only once they stop.
+    let before = reloads_ok(&proxy).await;
+    let mut during = 0.0;
+    for i in 0..20 {
+        dir.write("gateway.yaml", &gateway(i));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if i == 19 {
+            during = reloads_ok(&proxy).await - before;
+        }
+    }
+    assert!(
+        during >= 2.0,
+        "{during} reloads while rewritten every 100 ms"
+    );
+
+    // Never quiet (a write every 2 ms for 1 s): the maximum delay still applies.
+    let before = reloads_ok(&proxy).await;
+    let writer = {
+        let path = dir.path().to_path_buf();
+        let gateway: Vec<String> = (100..600).map(gateway).collect();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(1) {
+                let tmp = path.join(".gateway.yaml.tmp");
+                std::fs::write(&tmp, &gateway[i % gateway.len()]).unwrap();
+                std::fs::rename(&tmp, path.join("gateway.yaml")).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    writer.await.unwrap();
+    let during = reloads_ok(&proxy).await - before;
+    assert!(during >= 1.0, "no reload while rewritten every 2 ms");
+
+    // The last state is served in the end.
+    dir.write("gateway.yaml", &gateway(1000));
+    assert!(
+        eventually(WATCH_WAIT, || async {
+            status(addr, "/gen1000").await == StatusCode::OK
+        })
+        .await
+    );
+    assert_eq!(
+        metric(&proxy, "meshgate_config_reloads_total{result=\"failed\"}").await,
+        Some(0.0)
+    );
+}
