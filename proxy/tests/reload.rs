@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meshgate_proxy::demo::spawn_echo;
+use meshgate_proxy::runtime::Options;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -30,6 +31,21 @@ async fn setup(
     meshgate_proxy::runtime::Running,
     std::net::SocketAddr,
 ) {
+    let (dir, proxy, addr, _echo) = setup_with(name, |_| {}).await;
+    (dir, proxy, addr)
+}
+
+/// An echo backend and a gateway with route `/one`, served by a proxy started
+/// with `adjust`ed options; also returns the echo backend's address.
+async fn setup_with(
+    name: &str,
+    adjust: impl FnOnce(&mut Options),
+) -> (
+    TestDir,
+    meshgate_proxy::runtime::Running,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let dir = TestDir::new(name);
     let echo = spawn_echo("echo").await.unwrap();
     dir.write("backend.yaml", &service_yaml("echo", echo, true));
@@ -37,9 +53,9 @@ async fn setup(
         "gateway.yaml",
         &gateway_yaml(&http_listener("http", 80), &routes(&["one"])),
     );
-    let proxy = start_dir(dir.path(), &["http"]).await;
+    let proxy = start_dir_with(dir.path(), &["http"], adjust).await;
     let addr = proxy.listener_addr("http").unwrap();
-    (dir, proxy, addr)
+    (dir, proxy, addr, echo)
 }
 
 async fn status(addr: std::net::SocketAddr, path: &str) -> StatusCode {
@@ -232,13 +248,15 @@ async fn bad_route_is_dropped_and_reported_while_others_work() {
 
 /// A proxy on `dir` whose safety-net poll never runs during the test: a change
 /// it serves was seen through the directory watch.
+/// Only the watch reloads: the safety-net poll waits an hour.
+fn poll_off(options: &mut Options) {
+    options.poll_interval = Duration::from_secs(3600);
+}
+
 async fn start_watch_only(
     dir: &TestDir,
 ) -> (meshgate_proxy::runtime::Running, std::net::SocketAddr) {
-    let proxy = start_dir_with(dir.path(), &["http"], |o| {
-        o.poll_interval = Duration::from_secs(3600);
-    })
-    .await;
+    let proxy = start_dir_with(dir.path(), &["http"], poll_off).await;
     let addr = proxy.listener_addr("http").unwrap();
     (proxy, addr)
 }
@@ -254,14 +272,7 @@ const WATCH_WAIT: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn watched_change_is_applied_without_waiting_for_a_poll() {
-    let dir = TestDir::new("watch-rename");
-    let echo = spawn_echo("echo").await.unwrap();
-    dir.write("backend.yaml", &service_yaml("echo", echo, true));
-    dir.write(
-        "gateway.yaml",
-        &gateway_yaml(&http_listener("http", 80), &routes(&["one"])),
-    );
-    let (proxy, addr) = start_watch_only(&dir).await;
+    let (dir, proxy, addr, echo) = setup_with("watch-rename", poll_off).await;
     assert_eq!(status(addr, "/two").await, StatusCode::NOT_FOUND);
 
     // Replaced by rename (TestDir::write).
@@ -363,14 +374,7 @@ async fn configmap_symlink_swap_is_applied() {
 
 #[tokio::test]
 async fn directory_rewritten_all_the_time_is_still_applied() {
-    let dir = TestDir::new("watch-busy");
-    let echo = spawn_echo("echo").await.unwrap();
-    dir.write("backend.yaml", &service_yaml("echo", echo, true));
-    dir.write(
-        "gateway.yaml",
-        &gateway_yaml(&http_listener("http", 80), &routes(&["one"])),
-    );
-    let (proxy, addr) = start_watch_only(&dir).await;
+    let (dir, proxy, addr, _echo) = setup_with("watch-busy", poll_off).await;
     let gateway = |i: usize| {
         gateway_yaml(
             &http_listener("http", 80),
