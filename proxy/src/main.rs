@@ -12,6 +12,12 @@ use meshgate_proxy::identity_source::IdentityArgs;
 use meshgate_proxy::runtime::{Options, Running, Source};
 use meshgate_proxy::snapshot::GatewayRef;
 
+/// jemalloc instead of glibc malloc: a reload at thousands of routes allocates and
+/// frees millions of small objects, which glibc served slowly and kept as freed
+/// memory (RSS doubled). Measured in docs/performance.md, "Allocator".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long in-flight requests may take to finish after SIGTERM or Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
