@@ -110,6 +110,13 @@ fn rules(schema: &Value) -> Vec<String> {
     if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
         rules.push(format!("pattern `{}`", p.replace('|', "\\|")));
     }
+    if let Some(keys) = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+    {
+        let keys: Vec<String> = keys.iter().map(|k| format!("`{}`", plain(k))).collect();
+        rules.push(format!("unique by {}", keys.join(", ")));
+    }
     if let Some(d) = schema.get("default") {
         rules.push(format!("default `{}`", plain(d)));
     }

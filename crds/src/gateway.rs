@@ -38,9 +38,13 @@ pub struct ApiGatewaySpec {
     #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.port == l.port))").message("listener ports must be unique; serve several hostnames on one HTTPS port with several certificateRefs"))]
     pub listeners: Vec<Listener>,
     /// Routes served by the listeners.
+    // A list-map keyed on `name`: the API server refuses duplicate names itself
+    // ("Duplicate value"), in linear time. The CEL rule it replaces
+    // (`self.all(r, self.exists_one(...))`) was O(n²) and made a PATCH of a
+    // 226-route gateway take seconds. Server-side apply also merges routes by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s.name == r.name))").message("route names must be unique"))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub routes: Vec<Route>,
     /// Mesh integration: the identity the gateway presents upstream and the
     /// identities it expects of backends. Absent: backends are reached over

@@ -25,9 +25,9 @@ maxItems) and a proxy serves exactly one ApiGateway, so 5,000 routes cannot be
 configured in a cluster with the stock CRD. With ROUTES > 256 the script
 installs a *bench-only* variant of the CRD: maxItems raised to ROUTES + RUNS
 and the CEL rules on routes dropped (the API server refuses the CRD otherwise:
-a rule's estimated cost is multiplied by maxItems, and the route-name
-uniqueness rule is O(n^2)). The proxy code path is the same; the API server's
-validation work per write is smaller than it would be with those rules.
+a rule's estimated cost is multiplied by maxItems). Route names stay unique
+(a list-map keyed by name, in both variants). The proxy code path is the same;
+the API server's validation work per write is smaller than with those rules.
 
 usage (with a local control plane, kind-tests/scripts/local-cluster.sh):
   eval "$(bash kind-tests/scripts/local-cluster.sh env /tmp/lc)"   # KUBECONFIG, KUBECTL
