@@ -45,6 +45,27 @@ fn demo_check_passes() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
+/// The binary allocates with jemalloc, with the options `main.rs` gives it (memory
+/// freed by a reload goes back to the system within a second): jemalloc's own
+/// statistics, printed at exit when asked, list them.
+#[test]
+fn the_binary_runs_on_jemalloc_with_its_options() {
+    let output = Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run meshgate-proxy --version");
+    assert!(output.status.success(), "exit {:?}", output.status);
+    let stats = String::from_utf8_lossy(&output.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "{option:?} not in:\n{stats}");
+    }
+}
+
 #[test]
 fn unreadable_manifests_fail_at_start() {
     let dir = TestDir::new("cli-missing");
