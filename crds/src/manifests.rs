@@ -84,13 +84,20 @@ fn load_str_into(origin: &str, text: &str, loaded: &mut Loaded) {
             Ok(Ok(())) => {}
             Ok(Err(message)) => loaded.errors.push(fail(message)),
             Err(_) => {
-                // Rare: read the document again through the generic path, whose
-                // messages name the object (or the YAML error).
-                let (message, resumable) = describe_failure(text, index);
-                loaded.errors.push(fail(message));
-                if !resumable {
-                    // The YAML stream cannot be resynchronised after a syntax error.
-                    break;
+                // The typed path is only a faster way to the generic path's answer:
+                // when it fails, the generic path decides (and its messages name
+                // the object, or the YAML error).
+                match generic_document(text, index) {
+                    Ok(value) => {
+                        if let Err(message) = add_object(value, &mut loaded.manifests) {
+                            loaded.errors.push(fail(message));
+                        }
+                    }
+                    Err(message) => {
+                        loaded.errors.push(fail(message));
+                        // The YAML stream cannot be resynchronised after a syntax error.
+                        break;
+                    }
                 }
             }
         }
@@ -101,8 +108,9 @@ fn load_str_into(origin: &str, text: &str, loaded: &mut Loaded) {
 /// `kind` are its first two keys (as kubectl, Helm and most people write them),
 /// else through a generic `serde_json::Value` first. Building that value and
 /// converting it was a third of a 5,000-route reload; the result is the same
-/// either way. The visitor's own error means "read it again to say why" (see
-/// [`describe_failure`]); `Ok(Err(message))` is a document read but refused.
+/// either way: the visitor's own error means "read it again through the
+/// generic path", whose answer counts (see [`generic_document`]);
+/// `Ok(Err(message))` is a document read but refused.
 struct DocumentVisitor<'a> {
     out: &'a mut Manifests,
 }
@@ -136,9 +144,9 @@ impl<'de> Visitor<'de> for DocumentVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut api_version = None;
-        let mut kind = None;
-        let mut leading = serde_json::Map::new();
+        let mut api_version: Option<String> = None;
+        let mut kind: Option<String> = None;
+        let mut first_other = None;
         while api_version.is_none() || kind.is_none() {
             let Some(key) = map.next_key::<String>()? else {
                 break;
@@ -147,29 +155,28 @@ impl<'de> Visitor<'de> for DocumentVisitor<'_> {
                 "apiVersion" if api_version.is_none() => api_version = Some(map.next_value()?),
                 "kind" if kind.is_none() => kind = Some(map.next_value()?),
                 _ => {
-                    leading.insert(key, map.next_value()?);
+                    first_other = Some((key, map.next_value()?));
                     break;
                 }
             }
         }
-        let (Some(api_version), Some(kind), true) =
-            (api_version.clone(), kind.clone(), leading.is_empty())
+        let (Some(api_version), Some(kind), None) =
+            (api_version.as_deref(), kind.as_deref(), &first_other)
         else {
-            // Not in the usual order (or incomplete): the generic path.
-            if let Some(v) = api_version {
-                leading.insert("apiVersion".into(), serde_json::Value::String(v));
-            }
-            if let Some(k) = kind {
-                leading.insert("kind".into(), serde_json::Value::String(k));
-            }
+            // Not in the usual order (or incomplete): the generic path, keys in
+            // the order they came, so a repeated key's last value wins.
+            let mut object = serde_json::Map::new();
+            object.extend(api_version.map(|v| ("apiVersion".into(), v.into())));
+            object.extend(kind.map(|k| ("kind".into(), k.into())));
+            object.extend(first_other);
             while let Some((key, value)) = map.next_entry()? {
-                leading.insert(key, value);
+                object.insert(key, value);
             }
-            return Ok(add_object(serde_json::Value::Object(leading), self.out));
+            return Ok(add_object(serde_json::Value::Object(object), self.out));
         };
         let rest = de::value::MapAccessDeserializer::new(map);
         let out = self.out;
-        match (api_version.as_str(), kind.as_str()) {
+        match (api_version, kind) {
             ("meshgate.io/v1alpha1", "ApiGateway") => {
                 out.gateways.push(Deserialize::deserialize(rest)?)
             }
@@ -186,27 +193,19 @@ impl<'de> Visitor<'de> for DocumentVisitor<'_> {
                     .metadata
                     .and_then(|m| m.name)
                     .unwrap_or_else(|| "<unnamed>".into());
-                return Ok(other_kind(&api_version, &kind, &name, out));
+                return Ok(other_kind(api_version, kind, &name, out));
             }
         }
         Ok(Ok(()))
     }
 }
 
-/// Why document `index` of `text` could not be read, through the generic path,
-/// and whether the documents after it can still be read (not after a YAML error).
-fn describe_failure(text: &str, index: usize) -> (String, bool) {
-    let Some(document) = serde_yaml_ng::Deserializer::from_str(text).nth(index) else {
-        return ("not valid YAML".into(), false);
-    };
-    match serde_json::Value::deserialize(document) {
-        Err(e) => (format!("not valid YAML: {e}"), false),
-        Ok(value) => match add_object(value, &mut Manifests::default()) {
-            Err(message) => (message, true),
-            // Both paths read the same types; this would be a bug in one of them.
-            Ok(()) => ("could not be read".into(), true),
-        },
-    }
+/// Document `index` of `text` as a generic value, or why it is not valid YAML.
+fn generic_document(text: &str, index: usize) -> Result<serde_json::Value, String> {
+    let document = serde_yaml_ng::Deserializer::from_str(text)
+        .nth(index)
+        .ok_or("not valid YAML")?;
+    serde_json::Value::deserialize(document).map_err(|e| format!("not valid YAML: {e}"))
 }
 
 fn add_object(value: serde_json::Value, out: &mut Manifests) -> Result<(), String> {
@@ -346,6 +345,22 @@ metadata: {name: other}
         }
         assert_eq!(a.manifests.gateways[0].spec.routes[0].name, "r");
         assert_eq!(a.manifests.ignored, vec!["v1/ConfigMap other"]);
+    }
+
+    /// A key given twice at the top: the generic path's answer (the last value
+    /// wins), as before the typed path existed.
+    #[test]
+    fn a_repeated_top_level_key_reads_as_the_generic_path_does() {
+        let text = "apiVersion: v1\nkind: Service\nkind: ConfigMap\nmetadata: {name: a}\n";
+        let generic: serde_json::Value =
+            serde_yaml_ng::from_str(text).expect("the generic path reads it");
+        let mut expected = Manifests::default();
+        add_object(generic, &mut expected).unwrap();
+        let loaded = load_str("t", text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.manifests.ignored, expected.ignored);
+        assert_eq!(loaded.manifests.ignored, vec!["v1/ConfigMap a"]);
+        assert!(loaded.manifests.services.is_empty());
     }
 
     #[test]
