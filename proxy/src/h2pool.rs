@@ -17,10 +17,10 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use http::{header, Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::h1pool::UpstreamIncoming;
 use crate::state::UpstreamBody;
 use crate::upstream::{UpstreamConnector, UpstreamError};
 
@@ -57,7 +57,7 @@ impl H2Pool {
     pub async fn request(
         &self,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let addr = parts
             .uri
@@ -85,7 +85,7 @@ impl H2Pool {
             let (sender, reused) = self.sender(&endpoint, addr).await?;
             let mut stream = (*sender).clone();
             match stream.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(response.map(UpstreamIncoming::from)),
                 Err(mut e) => {
                     if sender.is_closed() {
                         endpoint

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod demo;
 pub mod filters;
 pub mod grpc;
+pub mod h1pool;
 pub mod h2pool;
 pub mod health;
 pub mod identity_source;

@@ -25,6 +25,7 @@ use crate::access_log::{CountedBody, Entry};
 
 use crate::backends::{Endpoint, Pick};
 use crate::filters::{location, RedirectInput, Scheme};
+use crate::h1pool::UpstreamIncoming;
 use crate::load::{
     Admitted as Slot, BackendLoad, ConnectionSlot, ExchangeGuard, InFlight, NoConnection,
 };
@@ -36,7 +37,7 @@ use crate::routes::{Route, UpstreamSettings};
 use crate::routing::{normalize_host, normalize_path, RequestView};
 use crate::snapshot::Snapshot;
 use crate::state::State;
-use crate::state::{ClientBody, UpstreamBody, UpstreamClient};
+use crate::state::{ClientBody, UpstreamBody};
 use crate::telemetry::RequestTrace;
 use crate::upstream::UpstreamError;
 use crate::{grpc, upgrade};
@@ -44,7 +45,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 /// Response bodies: streamed from the upstream, or made here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamIncoming, Full<Bytes>>;
 
 /// The response header that says why the proxy answered by itself.
 pub const FLAGS_HEADER: &str = "x-meshgate-flags";
@@ -940,7 +941,7 @@ async fn keep_body(body: ClientBody) -> Result<RequestBody, BoxError> {
 /// Where upstream requests go: the pooled HTTP/1.1 client, or the HTTP/2 connections.
 #[derive(Clone, Copy)]
 enum Upstream<'a> {
-    Http1(&'a UpstreamClient),
+    Http1(&'a crate::h1pool::H1Pool),
     Http2(&'a crate::h2pool::H2Pool),
 }
 
@@ -948,9 +949,9 @@ impl Upstream<'_> {
     async fn request(
         self,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         match self {
-            Upstream::Http1(client) => client.request(request).await.map_err(UpstreamError::Pool),
+            Upstream::Http1(pool) => pool.request(request).await,
             Upstream::Http2(pool) => pool.request(request).await,
         }
     }
@@ -958,7 +959,7 @@ impl Upstream<'_> {
 
 /// How one upstream attempt ended.
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<UpstreamIncoming>),
     Timeout,
     Failed(UpstreamError),
 }
@@ -1167,7 +1168,7 @@ async fn forward(
     let client = if h2 {
         Upstream::Http2(&state.h2)
     } else {
-        Upstream::Http1(&state.upstream)
+        Upstream::Http1(&state.h1)
     };
     let policy = settings.retry.as_ref().filter(|p| p.attempts > 0);
     let mirror = route.mirror.as_ref().filter(|m| m.drawn());

@@ -115,6 +115,7 @@ pub fn apply(state: &State, snapshot: Snapshot) {
     );
     state.policy.loads.pools.publish(&snapshot.routes);
     let pools = &state.policy.loads.pools;
+    state.h1.retain(|addr| pools.for_addr(addr).is_some());
     state.h2.retain(|addr| pools.for_addr(addr).is_some());
     let version = snapshot.version;
     let previous = state.snapshot.swap(Arc::new(snapshot));

@@ -43,10 +43,12 @@ pub struct State {
     /// The active configuration; replaced whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
-    /// HTTP/1.1 upstreams.
+    /// HTTP/1.1 upstreams of health probes and mirrored requests.
     pub upstream: UpstreamClient,
     /// HTTP/2 (h2c, prior knowledge) upstreams for health probes.
     pub upstream_h2: UpstreamClient,
+    /// HTTP/1.1 upstreams of requests: keep-alive connections by endpoint.
+    pub h1: crate::h1pool::H1Pool,
     /// HTTP/2 upstreams of requests (gRPC, h2c Services): one connection per
     /// endpoint, `:authority` from the request's host.
     pub h2: crate::h2pool::H2Pool,
@@ -111,6 +113,7 @@ impl State {
             metrics: Metrics::default(),
             upstream,
             upstream_h2,
+            h1: crate::h1pool::H1Pool::new(connector.clone()),
             h2: crate::h2pool::H2Pool::new(connector_h2),
             ready: AtomicBool::new(false),
             bound: ArcSwap::from_pointee(Vec::new()),

@@ -94,5 +94,5 @@ pub async fn forward(
     } else {
         crate::proxy::strip_hop_by_hop(response.headers_mut());
     }
-    Ok(response.map(Either::Left))
+    Ok(response.map(|body| Either::Left(body.into())))
 }

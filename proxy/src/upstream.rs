@@ -253,16 +253,13 @@ async fn connect_mesh(
 /// chain can be searched (client body failures, mesh identity refusals).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// From the pooled HTTP/1.1 client.
-    #[error(transparent)]
-    Pool(#[from] hyper_util::client::legacy::Error),
-    /// Connecting to an HTTP/2 endpoint (TCP, TLS, HBONE) failed.
+    /// Connecting to the endpoint (TCP, TLS, HBONE) failed.
     #[error("connecting: {0}")]
     Connect(#[source] Error),
-    /// The HTTP/2 handshake with the endpoint failed.
-    #[error("HTTP/2 handshake: {0}")]
+    /// The HTTP handshake with the endpoint failed.
+    #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
-    /// The request failed on an HTTP/2 connection.
+    /// The request failed on its connection.
     #[error(transparent)]
     Request(hyper::Error),
     /// The request URI named no endpoint address.
@@ -274,7 +271,6 @@ impl UpstreamError {
     /// Whether no connection could be made (nothing was sent).
     pub fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Pool(e) => e.is_connect(),
             UpstreamError::Connect(_) | UpstreamError::Handshake(_) | UpstreamError::NoEndpoint => {
                 true
             }
