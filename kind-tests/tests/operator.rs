@@ -889,6 +889,7 @@ async fn secret_rotation_rolls_no_pods_and_writes_nothing() {
         .await
         .expect("gateway")
         .status;
+    let rollout_before = w.deployment().await.and_then(|d| d.status);
     let generation = w
         .deployment()
         .await
@@ -917,9 +918,25 @@ async fn secret_rotation_rolls_no_pods_and_writes_nothing() {
         .await
         .expect("gateway")
         .status;
+    let mut status_before = serde_json::to_value(&status_before).expect("status");
+    let mut status_after = serde_json::to_value(&status_after).expect("status");
+    let rollout_after = w.deployment().await.and_then(|d| d.status);
+    if rollout_before != rollout_after {
+        // kwok and the controller-manager changed the Deployment's availability
+        // meanwhile (seen in CI: 2/2 -> 0/2 available on a loaded machine). The
+        // gateway's Ready condition reports those counts, so it may move; every
+        // other part of the status must still be untouched.
+        eprintln!(
+            "the Deployment status changed during the rotation ({rollout_before:?} -> {rollout_after:?}); the Ready condition is not compared"
+        );
+        for status in [&mut status_before, &mut status_after] {
+            if let Some(conditions) = status["conditions"].as_array_mut() {
+                conditions.retain(|c| c["type"] != "Ready");
+            }
+        }
+    }
     assert_eq!(
-        serde_json::to_value(&status_before).expect("status"),
-        serde_json::to_value(&status_after).expect("status"),
+        status_before, status_after,
         "the rotation changed the gateway's status"
     );
     before.remove("ApiGateway");
