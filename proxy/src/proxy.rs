@@ -257,7 +257,9 @@ impl Drop for Active {
 pub struct ResponseBody {
     inner: ProxyBody,
     bytes_out: u64,
-    log: Option<Entry>,
+    /// Boxed: hyper keeps a slot for the response body for the whole life of
+    /// an HTTP/1 connection, idle or not (an `Entry` is 368 bytes, a box 8).
+    log: Option<Box<Entry>>,
     active: Option<Active>,
     /// In-flight and circuit-breaker counts, released when the body ends.
     exchange: Option<ExchangeGuard>,
@@ -341,7 +343,7 @@ pub async fn serve(
         ResponseBody {
             inner,
             bytes_out: 0,
-            log,
+            log: log.map(Box::new),
             active: Some(active),
             exchange,
         },
