@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 
 use crate::state::UpstreamBody;
-use crate::upstream::{UpstreamConnector, UpstreamError};
+use crate::upstream::{endpoint_addr, UpstreamConnector, UpstreamError};
 
 /// How long a connection may wait unused before it is closed (as the pooled
 /// clients' `pool_idle_timeout`).
@@ -81,11 +81,7 @@ impl H1Pool {
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
-        let addr = parts
-            .uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            .ok_or(UpstreamError::NoEndpoint)?;
+        let addr = endpoint_addr(&parts.uri).ok_or(UpstreamError::NoEndpoint)?;
         if !parts.headers.contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
                 parts.headers.insert(header::HOST, host);

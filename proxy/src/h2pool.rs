@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::h1pool::UpstreamIncoming;
 use crate::state::UpstreamBody;
-use crate::upstream::{UpstreamConnector, UpstreamError};
+use crate::upstream::{endpoint_addr, UpstreamConnector, UpstreamError};
 
 /// Keep-alive pings on idle upstream connections (as the pooled clients do).
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -59,11 +59,7 @@ impl H2Pool {
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
-        let addr = parts
-            .uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            .ok_or(UpstreamError::NoEndpoint)?;
+        let addr = endpoint_addr(&parts.uri).ok_or(UpstreamError::NoEndpoint)?;
         let authority = parts
             .headers
             .remove(header::HOST)

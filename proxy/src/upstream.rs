@@ -169,9 +169,7 @@ impl tower::Service<Uri> for UpstreamConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let addr = uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+        let addr = endpoint_addr(&uri);
         let target = addr.and_then(|a| self.targets.load().get(&a).cloned());
         let stats = addr.and_then(|a| self.pools.for_addr(&a));
         let connect: Pin<Box<dyn Future<Output = Result<Io, Error>> + Send>> = match (addr, target)
@@ -247,6 +245,12 @@ async fn connect_mesh(
     let _ = tcp.set_nodelay(true);
     let tls = tls_connect(config, &target.sni, tcp).await?;
     Ok(Io::Tls(Box::new(TokioIo::new(tls))))
+}
+
+/// The endpoint address an upstream request URI names (`http://ip:port/...`):
+/// routing resolves backends to addresses before requests reach the pools.
+pub fn endpoint_addr(uri: &Uri) -> Option<SocketAddr> {
+    uri.authority().and_then(|a| a.as_str().parse().ok())
 }
 
 /// Why an upstream request got no response. The sources are kept, so the
