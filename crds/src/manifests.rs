@@ -71,37 +71,74 @@ fn is_yaml(path: &Path) -> bool {
 }
 
 fn load_str_into(origin: &str, text: &str, loaded: &mut Loaded) {
+    // The fast reader: libyaml's events written out as JSON text, read by
+    // serde_json; `None` when it is not sure to read the text as serde_yaml_ng
+    // does, which then reads it (see `yaml_json`).
+    if let Some(documents) = crate::yaml_json::documents(text) {
+        for (index, json) in documents.iter().enumerate() {
+            let outcome =
+                serde_json::Deserializer::from_str(json).deserialize_any(DocumentVisitor {
+                    out: &mut loaded.manifests,
+                });
+            let outcome = outcome.map_err(|e| e.to_string());
+            if !settle(origin, text, index, outcome, loaded) {
+                break;
+            }
+        }
+        return;
+    }
+    load_str_slow(origin, text, loaded);
+}
+
+/// serde_yaml_ng's reading, document by document.
+fn load_str_slow(origin: &str, text: &str, loaded: &mut Loaded) {
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let fail = |message: String| Error::Manifest {
-            path: origin.to_string(),
-            index,
-            message,
-        };
         let outcome = document.deserialize_any(DocumentVisitor {
             out: &mut loaded.manifests,
         });
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => loaded.errors.push(fail(message)),
-            Err(_) => {
-                // The typed path is only a faster way to the generic path's answer:
-                // when it fails, the generic path decides (and its messages name
-                // the object, or the YAML error).
-                match generic_document(text, index) {
-                    Ok(value) => {
-                        if let Err(message) = add_object(value, &mut loaded.manifests) {
-                            loaded.errors.push(fail(message));
-                        }
-                    }
-                    Err(message) => {
+        let outcome = outcome.map_err(|e| e.to_string());
+        if !settle(origin, text, index, outcome, loaded) {
+            break;
+        }
+    }
+}
+
+/// Records what reading document `index` came to; false when the YAML stream
+/// cannot be read any further.
+fn settle(
+    origin: &str,
+    text: &str,
+    index: usize,
+    outcome: Result<Result<(), String>, String>,
+    loaded: &mut Loaded,
+) -> bool {
+    let fail = |message: String| Error::Manifest {
+        path: origin.to_string(),
+        index,
+        message,
+    };
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => loaded.errors.push(fail(message)),
+        Err(_) => {
+            // The typed path is only a faster way to the generic path's answer:
+            // when it fails, the generic path decides (and its messages name
+            // the object, or the YAML error).
+            match generic_document(text, index) {
+                Ok(value) => {
+                    if let Err(message) = add_object(value, &mut loaded.manifests) {
                         loaded.errors.push(fail(message));
-                        // The YAML stream cannot be resynchronised after a syntax error.
-                        break;
                     }
+                }
+                Err(message) => {
+                    loaded.errors.push(fail(message));
+                    // The YAML stream cannot be resynchronised after a syntax error.
+                    return false;
                 }
             }
         }
     }
+    true
 }
 
 /// Adds one document to `out`: straight into its type when `apiVersion` and
@@ -397,5 +434,50 @@ metadata: {name: other}
         assert!(loaded.errors[0]
             .to_string()
             .contains("unsupported apiVersion"));
+    }
+
+    /// Every object of `loaded` as JSON, kind by kind, and the errors.
+    fn dump(loaded: &Loaded) -> serde_json::Value {
+        let m = &loaded.manifests;
+        serde_json::json!({
+            "gateways": m.gateways, "policies": m.policies, "secrets": m.secrets,
+            "services": m.services, "slices": m.endpoint_slices, "ignored": m.ignored,
+            "errors": loaded.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn the_fast_reader_loads_what_serde_yaml_ng_loads() {
+        let mut text = String::from(
+            "apiVersion: meshgate.io/v1alpha1\nkind: ApiGateway\nmetadata: {name: gw, namespace: demo, labels: {app: gw}}\nspec:\n  listeners:\n  - {name: http, port: 8080, protocol: HTTP}\n  routes:\n",
+        );
+        for i in 0..2_000 {
+            text.push_str(&format!(
+                "  - name: r{i}\n    matches: [{{path: {{type: PathPrefix, value: /r{i}/}}, headers: [{{name: x-v, value: \"{i}\"}}]}}]\n    backendRefs: [{{name: upstream, port: 80, weight: 2}}]\n"
+            ));
+        }
+        text.push_str(concat!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {name: upstream, namespace: demo}\n",
+            "spec: {ports: [{name: http, port: 80, targetPort: 9000}, {name: named, port: 81, targetPort: web}]}\n",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+            "metadata: {name: upstream-1, namespace: demo, labels: {kubernetes.io/service-name: upstream}}\n",
+            "addressType: IPv4\nports: [{name: http, port: 9000}]\n",
+            "endpoints: [{addresses: [10.0.0.1, \"10.0.0.2\"], conditions: {ready: true}}]\n",
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: tls, namespace: demo}\ntype: kubernetes.io/tls\n",
+            "stringData:\n  tls.crt: |\n    -----BEGIN CERTIFICATE-----\n    MIIB\n    -----END CERTIFICATE-----\n",
+            "---\nkind: ConfigMap\napiVersion: v1\nmetadata: {name: other}\ndata: {a: \"1\"}\n",
+            "---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: eighty}]}\n",
+        ));
+        assert!(
+            crate::yaml_json::documents(&text).is_some(),
+            "the fast reader gave up"
+        );
+        let fast = load_str("t", &text);
+        let mut slow = Loaded::default();
+        load_str_slow("t", &text, &mut slow);
+        assert_eq!(fast.manifests.gateways[0].spec.routes.len(), 2_000);
+        assert_eq!(fast.manifests.services.len(), 1);
+        assert_eq!(fast.errors.len(), 1, "{:?}", fast.errors);
+        assert_eq!(dump(&fast), dump(&slow));
     }
 }
