@@ -118,7 +118,7 @@ pub struct SecretObjectReference {
 }
 
 /// An HTTP header name and value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct HttpHeader {
     /// Header name (case-insensitive, RFC 7230 token).
     #[schemars(length(min = 1, max = 256), pattern(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"))]

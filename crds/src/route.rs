@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Duration, HttpHeader};
 
 /// One route: which requests it matches, how it changes them, and where it sends them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.backendRefs) || size(self.backendRefs) == 0 || self.backendRefs.exists(b, !has(b.weight) || b.weight > 0)").message("backendRefs: at least one backend must have a weight above 0"))]
 #[x_kube(validation = Rule::new("(has(self.backendRefs) && size(self.backendRefs) > 0) || (has(self.filters) && self.filters.exists(f, f.type == 'RequestRedirect'))").message("a route needs backendRefs or a RequestRedirect filter"))]
@@ -57,7 +57,7 @@ pub struct Route {
 }
 
 /// A request match: every condition given must hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     /// Path condition; default `PathPrefix /`.
@@ -89,7 +89,7 @@ pub enum PathMatchType {
 }
 
 /// A path condition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("self.type == 'RegularExpression' || self.value.startsWith('/')").message("path value must start with '/'"))]
 #[x_kube(validation = Rule::new("self.type == 'RegularExpression' || !(self.value.contains('/./') || self.value.contains('/../') || self.value.endsWith('/.') || self.value.endsWith('/..'))").message("path value must not contain '.' or '..' segments"))]
 pub struct PathMatch {
@@ -127,7 +127,7 @@ pub enum ValueMatchType {
 }
 
 /// A header condition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 pub struct HeaderMatch {
     /// Exact (default) or RegularExpression.
     #[serde(rename = "type", default)]
@@ -141,7 +141,7 @@ pub struct HeaderMatch {
 }
 
 /// A query parameter condition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 pub struct QueryParamMatch {
     /// Exact (default) or RegularExpression.
     #[serde(rename = "type", default)]
@@ -165,7 +165,7 @@ pub enum RouteFilterType {
 }
 
 /// A filter: `type` names the kind and the field of the same name holds its settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(self.type == 'RequestHeaderModifier') == has(self.requestHeaderModifier)").message("requestHeaderModifier must be set exactly when type is RequestHeaderModifier"))]
 #[x_kube(validation = Rule::new("(self.type == 'ResponseHeaderModifier') == has(self.responseHeaderModifier)").message("responseHeaderModifier must be set exactly when type is ResponseHeaderModifier"))]
@@ -194,7 +194,7 @@ pub struct RouteFilter {
 }
 
 /// Adds, sets and removes headers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 pub struct HeaderModifier {
     /// Headers to set, replacing any existing value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -220,7 +220,7 @@ pub enum PathModifierType {
 }
 
 /// A path modification.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(self.type == 'ReplaceFullPath') == has(self.replaceFullPath)").message("replaceFullPath must be set exactly when type is ReplaceFullPath"))]
 #[x_kube(validation = Rule::new("(self.type == 'ReplacePrefixMatch') == has(self.replacePrefixMatch)").message("replacePrefixMatch must be set exactly when type is ReplacePrefixMatch"))]
@@ -239,7 +239,7 @@ pub struct PathModifier {
 }
 
 /// Rewrites the request before it is sent upstream.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 pub struct UrlRewrite {
     /// New Host header value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,7 +262,7 @@ pub enum RedirectScheme {
 }
 
 /// Answers the request with a redirect instead of proxying it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRedirect {
     /// Scheme of the Location; default the request's.
@@ -289,7 +289,7 @@ pub struct RequestRedirect {
 }
 
 /// Sends a copy of each request to another backend; its answer is ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     /// The backend that receives the copies.
@@ -344,7 +344,7 @@ impl BackendRef {
 }
 
 /// Route timeouts (Gateway API `HTTPRouteTimeouts`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTimeouts {
     /// Whole request, from the first byte received to the last byte of the response
@@ -376,7 +376,7 @@ pub enum RetryTrigger {
 }
 
 /// Which failures are retried.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryOn {
     /// Failure classes to retry.
@@ -390,7 +390,7 @@ pub struct RetryOn {
 }
 
 /// Exponential backoff between attempts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backoff {
     /// First wait; default 25ms.
@@ -402,7 +402,7 @@ pub struct Backoff {
 }
 
 /// Caps retries to a share of live requests, so retries cannot amplify an outage.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries allowed as a percentage of active requests; default 20.
@@ -417,7 +417,7 @@ pub struct RetryBudget {
 
 /// Retry policy. Requests whose body was already sent upstream are retried only
 /// when the method is idempotent.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     /// Retries after the first attempt; default 2, 0 disables.

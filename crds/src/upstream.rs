@@ -25,7 +25,7 @@ pub enum LoadBalancerType {
 
 /// How an endpoint of a backend is chosen. The weighted choice between a
 /// route's backendRefs comes first and is not changed by this.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     /// The algorithm; `LeastRequest` when no policy sets one.
@@ -42,7 +42,7 @@ pub struct LoadBalancer {
 /// `maxPendingRequests` waiting) up to the connect timeout, 5 s. HTTP/2
 /// backends multiplex every request over one connection per endpoint, so only
 /// `maxParallelRequests` bounds them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// HTTP/1.1 connections in use at once by the backend's requests; default 1024.
@@ -66,7 +66,7 @@ pub struct CircuitBreaker {
 }
 
 /// Health checking of the endpoints of each backend.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Probes sent by the proxy to every endpoint.
@@ -86,7 +86,7 @@ pub enum ActiveHealthCheckType {
 /// `unhealthyThreshold` probes in a row gets no requests until it passes
 /// `healthyThreshold` in a row; when no endpoint of a backend is healthy its
 /// requests get 503 with the response flag `UH`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(self.type == 'HTTP') == has(self.http)").message("http must be set exactly when type is HTTP"))]
 pub struct ActiveHealthCheck {
@@ -113,7 +113,7 @@ pub struct ActiveHealthCheck {
 }
 
 /// An HTTP health probe: `GET path`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpActiveHealthCheck {
     /// The path (and query) requested.

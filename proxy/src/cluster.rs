@@ -38,7 +38,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::snapshot::{compile, GatewayRef};
+use crate::snapshot::{compile_next, GatewayRef};
 use crate::state::State;
 use crate::{reload, Error};
 
@@ -535,7 +535,8 @@ pub async fn run(
         let compiling = tokio::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let started = tokio::time::Instant::now();
-            let result = compile(
+            let result = compile_next(
+                &compile_state.snapshot.load(),
                 &manifests,
                 Some(&compile_selector),
                 version,

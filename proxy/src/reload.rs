@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use meshgate_crds::manifests::{load_dir, Manifests};
 use tokio::sync::watch;
 
-use crate::snapshot::{compile, GatewayRef, Snapshot};
+use crate::snapshot::{compile_next, GatewayRef, Snapshot};
 use crate::state::State;
 use crate::Error;
 
@@ -72,7 +72,15 @@ pub fn load_snapshot(
     let started = Instant::now();
     let manifests = load_manifests(dir)?;
     let loaded = started.elapsed();
-    let snapshot = compile(&manifests, gateway, version, &state.metrics, &state.policy);
+    // The routes that did not change are taken over from the snapshot served now.
+    let snapshot = compile_next(
+        &state.snapshot.load(),
+        &manifests,
+        gateway,
+        version,
+        &state.metrics,
+        &state.policy,
+    );
     drop(manifests);
     tracing::debug!(
         version,

@@ -23,6 +23,8 @@ use crate::routing::{HeaderRule, MatchRule, PathRule, QueryRule, ValueRule};
 pub struct Route {
     /// Position in the ApiGateway's `routes` (indexes per-listener policies).
     pub id: usize,
+    /// [`fingerprint`] of the ApiGateway route it was compiled from.
+    pub source: u64,
     pub name: String,
     /// Listener names; empty means all.
     pub listeners: Vec<String>,
@@ -255,6 +257,15 @@ fn setting<T>(value: &Option<T>, kind: RouteFilterType) -> Result<&T, String> {
         .ok_or_else(|| format!("filter {kind:?} is missing its settings"))
 }
 
+/// A hash of everything in `route`: equal fingerprints mean an unchanged route
+/// to [`crate::snapshot::reuse`] (64 bits: a chance collision is negligible).
+pub fn fingerprint(route: &api::Route) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    route.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Compiles `route`. Warnings are returned for parts that are accepted but not
 /// implemented yet; an `Err` means the route must be left out.
 pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<String>), String> {
@@ -370,6 +381,7 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
 
     let compiled = Route {
         id: 0,
+        source: fingerprint(route),
         name: route.name.clone(),
         listeners: route.listeners.clone(),
         hostnames: route

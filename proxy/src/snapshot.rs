@@ -28,6 +28,9 @@ use crate::state::BoundListener;
 use crate::tls::{self, CertStore};
 use crate::Error;
 
+pub mod reuse;
+use reuse::Reuse;
+
 /// `--gateway NS/NAME` (or `NAME`, in any namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayRef {
@@ -144,6 +147,8 @@ pub struct Snapshot {
     pub version: u64,
     /// `namespace/name` of the ApiGateway.
     pub gateway: String,
+    /// Its namespace, the default of its references.
+    pub namespace: String,
     pub listeners: Vec<Listener>,
     /// The routes served, in declaration order.
     pub routes: Vec<Arc<Route>>,
@@ -163,6 +168,7 @@ impl Snapshot {
         Snapshot {
             version: 0,
             gateway: String::new(),
+            namespace: String::new(),
             listeners: Vec::new(),
             routes: Vec::new(),
             errors: Vec::new(),
@@ -319,6 +325,26 @@ fn duration_or(
 
 /// Compiles the selected ApiGateway of `manifests` into snapshot number `version`.
 pub fn compile(
+    manifests: &Manifests,
+    selector: Option<&GatewayRef>,
+    version: u64,
+    metrics: &Metrics,
+    policy: &PolicyRuntime,
+) -> Result<Snapshot, Error> {
+    compile_next(
+        &Snapshot::empty(),
+        manifests,
+        selector,
+        version,
+        metrics,
+        policy,
+    )
+}
+
+/// [`compile`], taking over the routes of `previous` that did not change
+/// (see [`reuse`]).
+pub fn compile_next(
+    previous: &Snapshot,
     manifests: &Manifests,
     selector: Option<&GatewayRef>,
     version: u64,
@@ -482,14 +508,22 @@ pub fn compile(
         metrics,
         loads: &policy.loads,
     };
+    let reuse = Reuse::new(previous, namespace, &listener_names);
     let mut seen = HashSet::new();
     let mut compiled: Vec<Arc<Route>> = Vec::with_capacity(spec.routes.len());
     for (id, r) in spec.routes.iter().enumerate() {
-        let object = format!("route/{}", r.name);
         if !seen.insert(r.name.as_str()) {
+            let object = format!("route/{}", r.name);
             errors.push(ConfigIssue::new(object, "duplicate route name; left out"));
             continue;
         }
+        // `routes::compile` has no warnings yet; a reused route would need to
+        // carry its own once it has.
+        if let Some(route) = reuse.route(id, r, routes::fingerprint(r), &cx) {
+            compiled.push(route);
+            continue;
+        }
+        let object = format!("route/{}", r.name);
         match routes::compile(r, &cx) {
             Ok((mut route, route_warnings)) => {
                 route.id = id;
@@ -553,6 +587,7 @@ pub fn compile(
         tracing,
         version,
         gateway: gateway_name(gw),
+        namespace: namespace.to_string(),
         listeners,
         routes: compiled,
         errors,

@@ -377,3 +377,111 @@ fn summary_shows_no_key_material() {
     assert_eq!(summary["routes"][0]["backends"][0]["weight"], 3);
     assert_eq!(summary["routes"][0]["timeoutMs"], 500);
 }
+
+/// Compiles `yaml` after `previous`, with the registries of the proxy.
+fn compile_after(previous: &Snapshot, yaml: &str, metrics: &Metrics) -> Snapshot {
+    let loaded = meshgate_crds::manifests::load_str("test", yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let policy = policies();
+    compile_next(previous, &loaded.manifests, None, 2, metrics, &policy).expect("compiles")
+}
+
+/// Names of the routes of `next` that are the very same objects as in `previous`.
+fn shared(previous: &Snapshot, next: &Snapshot) -> Vec<String> {
+    next.routes
+        .iter()
+        .filter(|r| previous.routes.iter().any(|p| Arc::ptr_eq(p, r)))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+const LISTENER: &str = "  - {name: http, port: 8080, protocol: HTTP}";
+
+fn three_routes(b_path: &str) -> String {
+    format!(
+        "  - {{name: a, matches: [{{path: {{type: PathPrefix, value: /a}}}}], backendRefs: [{{name: svc, port: 80}}]}}
+  - {{name: b, matches: [{{path: {{type: PathPrefix, value: {b_path}}}}}], backendRefs: [{{name: svc, port: 80}}]}}
+  - name: c
+    matches: [{{path: {{type: PathPrefix, value: /c}}}}]
+    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: svc, port: 80}}}}}}]
+    backendRefs: [{{name: svc, port: 80}}]"
+    )
+}
+
+#[test]
+fn unchanged_routes_are_taken_over_and_changed_ones_compiled() {
+    let metrics = Metrics::default();
+    let first = compile_after(
+        &Snapshot::empty(),
+        &gateway(LISTENER, &three_routes("/b")),
+        &metrics,
+    );
+    assert!(shared(&Snapshot::empty(), &first).is_empty());
+
+    let same = compile_after(&first, &gateway(LISTENER, &three_routes("/b")), &metrics);
+    assert_eq!(shared(&first, &same), ["a", "b", "c"]);
+
+    let changed = compile_after(&same, &gateway(LISTENER, &three_routes("/b2")), &metrics);
+    assert_eq!(shared(&same, &changed), ["a", "c"]);
+    assert_eq!(
+        route_for(&changed, "http", "x", Method::GET, "/b2/x", &[]).as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        route_for(&changed, "http", "x", Method::GET, "/b/x", &[]),
+        None
+    );
+
+    // A route added in front moves the others: their ids (which index the
+    // per-listener policies) change, so they are compiled again.
+    let front = format!(
+        "  - {{name: z, matches: [{{path: {{type: Exact, value: /z}}}}], backendRefs: [{{name: svc, port: 80}}]}}\n{}",
+        three_routes("/b2")
+    );
+    let moved = compile_after(&changed, &gateway(LISTENER, &front), &metrics);
+    assert!(shared(&changed, &moved).is_empty());
+    let ids: Vec<usize> = moved.routes.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [0, 1, 2, 3]);
+
+    // Another listener name: nothing is taken over.
+    let renamed = compile_after(
+        &moved,
+        &gateway("  - {name: web, port: 8080, protocol: HTTP}", &front),
+        &metrics,
+    );
+    assert!(shared(&moved, &renamed).is_empty());
+}
+
+#[test]
+fn routes_are_compiled_again_when_their_endpoints_change() {
+    let metrics = Metrics::default();
+    let yaml = gateway(LISTENER, &three_routes("/b"));
+    let first = compile_after(&Snapshot::empty(), &yaml, &metrics);
+    let moved = compile_after(
+        &first,
+        &yaml.replace("[127.0.0.1]", "[127.0.0.2]"),
+        &metrics,
+    );
+    assert!(shared(&first, &moved).is_empty());
+    for route in &moved.routes {
+        let addrs: Vec<String> = route
+            .backends
+            .iter()
+            .chain(route.mirror.iter().flat_map(|m| m.backend.iter()))
+            .flat_map(|b| b.endpoints.iter().map(|e| e.addr.to_string()))
+            .collect();
+        assert!(addrs.iter().all(|a| a == "127.0.0.2:8080"), "{addrs:?}");
+    }
+
+    // The Service's port turns to h2c: every route that uses it changes.
+    let h2 = yaml.replace(
+        "{name: http, port: 80}",
+        "{name: http, port: 80, appProtocol: kubernetes.io/h2c}",
+    );
+    let upgraded = compile_after(&first, &h2, &metrics);
+    assert!(shared(&first, &upgraded).is_empty());
+    assert!(upgraded
+        .routes
+        .iter()
+        .all(|r| r.backends.iter().all(|b| b.h2)));
+}
