@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target under libFuzzer: `bash fuzz/run.sh TARGET [SECONDS]`
 # (default 600). Targets: normalize_path route_match snapshot_compile
-# jwt_verify spiffe_id x509_identity.
+# jwt_verify spiffe_id x509_identity yaml_json.
 #
 # New inputs libFuzzer finds go to $MESHGATE_CACHE/fuzz-corpus/TARGET, not to
 # the checked-in corpus (fuzz/corpus/TARGET is read only); crashes go to

@@ -11,7 +11,7 @@ pub mod policy;
 pub mod references;
 pub mod route;
 pub mod upstream;
-mod yaml_json;
+pub mod yaml_json;
 
 pub use common::{Duration, HttpHeader, SecretObjectReference};
 pub use gateway::{ApiGateway, ApiGatewaySpec, ApiGatewayStatus};

@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("jwt_verify", jwt_verify),
     ("spiffe_id", spiffe_id),
     ("x509_identity", x509_identity),
+    ("yaml_json", yaml_json),
 ];
 
 /// Reads choices from the fuzzer's bytes; zeros once they run out.
@@ -836,4 +837,33 @@ pub fn x509_identity(data: &[u8]) {
             }
         }
     }
+}
+
+/// The fast YAML reader (`meshgate_crds::yaml_json`, libyaml's events written
+/// as JSON) on arbitrary text: wherever it answers, serde_yaml_ng reads the
+/// text too and gives the same value for every document.
+pub fn yaml_json(data: &[u8]) {
+    use serde::Deserialize as _;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Some(documents) = meshgate_crds::yaml_json::documents(text) else {
+        return;
+    };
+    let fast: Vec<Value> = documents
+        .iter()
+        .map(|json| serde_json::from_str(json).unwrap_or_else(|e| panic!("{json:?}: {e}")))
+        .collect();
+    let mut slow = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        match Value::deserialize(document) {
+            Ok(value) => slow.push(value),
+            Err(e) => panic!("the fast reader read {text:?}, serde_yaml_ng did not: {e}"),
+        }
+    }
+    // serde_yaml_ng reads an empty stream as one empty document.
+    if fast.is_empty() && slow == [Value::Null] {
+        return;
+    }
+    assert_eq!(fast, slow, "the readers differ on {text:?}");
 }

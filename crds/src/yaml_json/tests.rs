@@ -277,3 +277,70 @@ fn resolution_table() {
     assert_eq!(resolve("False"), Plain::Bool(false));
     assert_eq!(resolve("yes"), Plain::Str);
 }
+
+/// Random YAML-like texts from pieces that matter to the reader (indentation,
+/// indicators, quotes, the scalars above): wherever the fast reader answers,
+/// serde_yaml_ng must read the text and agree. A fixed seed keeps it repeatable.
+#[test]
+fn random_texts_read_the_same() {
+    const PIECES: &[&str] = &[
+        "\n",
+        "\n  ",
+        "\n    ",
+        "- ",
+        ": ",
+        ":",
+        "{",
+        "}",
+        "[",
+        "]",
+        ", ",
+        "---\n",
+        "...\n",
+        "#c",
+        "\"",
+        "'",
+        "|\n  ",
+        ">-\n  ",
+        "? ",
+        "&a ",
+        "*a",
+        "!!str ",
+        "\\",
+        "\t",
+        " ",
+        "k",
+        "key",
+        "\"q\\u0041\\n\"",
+        "'it''s'",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let (mut answered, mut total) = (0, 0);
+    for _ in 0..20_000 {
+        let mut text = String::new();
+        for _ in 0..1 + next(24) {
+            if next(3) == 0 {
+                text.push_str(SCALARS[next(SCALARS.len())]);
+            } else {
+                text.push_str(PIECES[next(PIECES.len())]);
+            }
+        }
+        total += 1;
+        if let Some(values) = fast(&text) {
+            answered += 1;
+            let slow = slow(&text).unwrap_or_else(|e| panic!("{text:?}: fast read it, slow: {e}"));
+            assert_eq!(values, slow, "the readers differ on {text:?}");
+        }
+    }
+    // Enough of them are valid YAML the fast reader takes for the test to mean something.
+    assert!(
+        answered * 5 > total,
+        "fast reader answered {answered} of {total}"
+    );
+}
