@@ -173,6 +173,21 @@ pub struct Backend {
     next: AtomicUsize,
 }
 
+/// A copy shares the endpoints and counters; the round-robin cursor starts
+/// where the original's is.
+impl Clone for Backend {
+    fn clone(&self) -> Backend {
+        Backend {
+            name: self.name.clone(),
+            weight: self.weight,
+            endpoints: self.endpoints.clone(),
+            h2: self.h2,
+            load: self.load.clone(),
+            next: AtomicUsize::new(self.next.load(Relaxed)),
+        }
+    }
+}
+
 impl Backend {
     /// A backend with counters of its own (mirrors, tests).
     pub fn new(name: String, weight: u32, addrs: Vec<SocketAddr>) -> Backend {
@@ -305,7 +320,7 @@ pub enum Pick<'a> {
 }
 
 /// A route's backends with cumulative weights for a weighted random draw.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Backends {
     items: Vec<Backend>,
     cumulative: Vec<u64>,

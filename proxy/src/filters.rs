@@ -29,7 +29,7 @@ impl Scheme {
 }
 
 /// Headers to set, add and remove, in that order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct HeaderModifier {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -137,7 +137,7 @@ fn hostname(h: &str) -> Option<&str> {
 }
 
 /// URLRewrite: a new Host and/or path for the upstream request.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct UrlRewrite {
     pub hostname: Option<HeaderValue>,
     pub path: Option<PathModifier>,
@@ -161,7 +161,7 @@ impl UrlRewrite {
 }
 
 /// RequestRedirect: answer with a Location instead of proxying.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Redirect {
     pub scheme: Option<Scheme>,
     pub hostname: Option<String>,

@@ -93,6 +93,16 @@ pub fn compile(
             .chain(r.mirror.iter().flat_map(|m| m.backend.iter()))
     });
     for backend in backends {
+        // Routes share backends (5,000 routes to one Service are 5,000 backends
+        // with the same endpoints): the first one decides, as `or_insert` below would.
+        if !backend.endpoints.is_empty()
+            && backend
+                .endpoints
+                .iter()
+                .all(|e| targets.contains_key(&e.addr))
+        {
+            continue;
+        }
         let Some((ns, name, port)) = service_of(backend) else {
             continue;
         };

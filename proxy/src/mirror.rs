@@ -15,7 +15,7 @@ use crate::state::State;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A compiled RequestMirror filter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Mirror {
     pub backend: Backends,
     /// Share of requests mirrored, 0-100.

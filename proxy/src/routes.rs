@@ -19,7 +19,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::{HeaderRule, MatchRule, PathRule, QueryRule, ValueRule};
 
 /// A compiled route.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Route {
     /// Position in the ApiGateway's `routes` (indexes per-listener policies).
     pub id: usize,

@@ -21,7 +21,7 @@ use regex::Regex;
 use crate::routes::Route;
 
 /// A compiled path condition.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum PathRule {
     Exact(String),
     /// The prefix without trailing `/` (so `/` is the empty string).
@@ -31,7 +31,7 @@ pub enum PathRule {
 }
 
 /// A compiled header or query value condition.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ValueRule {
     Exact(String),
     /// Anchored.
@@ -47,20 +47,20 @@ impl ValueRule {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HeaderRule {
     pub name: HeaderName,
     pub value: ValueRule,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct QueryRule {
     pub name: String,
     pub value: ValueRule,
 }
 
 /// One compiled `RouteMatch`: every condition must hold.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MatchRule {
     pub path: PathRule,
     pub method: Option<Method>,

@@ -537,13 +537,15 @@ pub fn compile_next(
             Err(e) => errors.push(ConfigIssue::new(object, e)),
         }
     }
-    let mut attached = HashSet::new();
     for l in &mut listeners {
         l.routes = RouteTable::build(&l.name, l.hostname.as_deref(), &compiled);
-        attached.extend(l.routes.attached.iter().cloned());
     }
+    let attached: HashSet<&str> = listeners
+        .iter()
+        .flat_map(|l| l.routes.attached.iter().map(String::as_str))
+        .collect();
     compiled.retain(|r| {
-        let keep = attached.contains(&r.name);
+        let keep = attached.contains(r.name.as_str());
         if !keep {
             errors.push(ConfigIssue::new(
                 format!("route/{}", r.name),

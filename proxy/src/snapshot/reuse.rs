@@ -4,8 +4,9 @@
 //! backends, counters looked up by name) was about half of a 5,000-route
 //! standalone reload. A compiled route is shared with the previous snapshot
 //! (the same `Arc`) when everything it was compiled from is unchanged:
-//! - its ApiGateway entry (compared by [`routes::fingerprint`]) and its
-//!   position (the route's `id` indexes per-listener policies);
+//! - its ApiGateway entry (compared by [`routes::fingerprint`]); a route
+//!   that only moved (its `id` indexes per-listener policies) is copied with
+//!   its new position;
 //! - the gateway's namespace and listener names;
 //! - the endpoints each backend and mirror resolves to now, and whether each
 //!   backend speaks h2c.
@@ -59,7 +60,7 @@ impl<'a> Reuse<'a> {
         cx: &routes::Context<'_>,
     ) -> Option<Arc<Route>> {
         let old = self.routes.get(spec.name.as_str())?;
-        if old.id != id || old.source != source {
+        if old.source != source {
             return None;
         }
         // What each compiled backend was resolved from, in compile order:
@@ -93,7 +94,18 @@ impl<'a> Reuse<'a> {
             }
         }
         // As many compiled backends as references (a new one means a new compile).
-        wanted.next().is_none().then(|| Arc::clone(old))
+        if wanted.next().is_some() {
+            return None;
+        }
+        Some(if old.id == id {
+            Arc::clone(old)
+        } else {
+            // Moved (a route added or removed before it): a copy with the new
+            // position, sharing the counters and endpoints.
+            let mut moved = Route::clone(old);
+            moved.id = id;
+            Arc::new(moved)
+        })
     }
 }
 

@@ -433,7 +433,8 @@ fn unchanged_routes_are_taken_over_and_changed_ones_compiled() {
     );
 
     // A route added in front moves the others: their ids (which index the
-    // per-listener policies) change, so they are compiled again.
+    // per-listener policies) change, so they are copies with the new ids that
+    // share the endpoints (and their counters) of the routes they copy.
     let front = format!(
         "  - {{name: z, matches: [{{path: {{type: Exact, value: /z}}}}], backendRefs: [{{name: svc, port: 80}}]}}\n{}",
         three_routes("/b2")
@@ -442,6 +443,16 @@ fn unchanged_routes_are_taken_over_and_changed_ones_compiled() {
     assert!(shared(&changed, &moved).is_empty());
     let ids: Vec<usize> = moved.routes.iter().map(|r| r.id).collect();
     assert_eq!(ids, [0, 1, 2, 3]);
+    for (old, new) in changed.routes.iter().zip(&moved.routes[1..]) {
+        assert_eq!(old.name, new.name);
+        let endpoint = |r: &Route| r.backends.iter().next().unwrap().endpoints[0].clone();
+        assert!(Arc::ptr_eq(&endpoint(old), &endpoint(new)), "{}", new.name);
+        assert!(Arc::ptr_eq(&old.counters, &new.counters));
+    }
+    assert_eq!(
+        route_for(&moved, "http", "x", Method::GET, "/c/x", &[]).as_deref(),
+        Some("c")
+    );
 
     // Another listener name: nothing is taken over.
     let renamed = compile_after(
