@@ -519,7 +519,7 @@ pub fn compile_next(
         }
         // `routes::compile` has no warnings yet; a reused route would need to
         // carry its own once it has.
-        if let Some(route) = reuse.route(id, r, routes::fingerprint(r), &cx) {
+        if let Some(route) = reuse.route(id, r, &cx) {
             compiled.push(route);
             continue;
         }

@@ -56,11 +56,12 @@ impl<'a> Reuse<'a> {
         &self,
         id: usize,
         spec: &api::Route,
-        source: u64,
         cx: &routes::Context<'_>,
     ) -> Option<Arc<Route>> {
+        // Hashed only when there is a route to compare with: `routes::compile`
+        // hashes the routes it compiles itself.
         let old = self.routes.get(spec.name.as_str())?;
-        if old.source != source {
+        if old.source != routes::fingerprint(spec) {
             return None;
         }
         // What each compiled backend was resolved from, in compile order:
