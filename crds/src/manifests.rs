@@ -71,9 +71,9 @@ fn is_yaml(path: &Path) -> bool {
 }
 
 fn load_str_into(origin: &str, text: &str, loaded: &mut Loaded) {
-    // The fast reader: libyaml's events written out as JSON text, read by
-    // serde_json; `None` when it is not sure to read the text as serde_yaml_ng
-    // does, which then reads it (see `yaml_json`).
+    // The fast reader: YAML events (our subset reader's, else libyaml's) written
+    // out as JSON text, read by serde_json; `None` when it is not sure to read
+    // the text as serde_yaml_ng does, which then reads it (see `yaml_json`).
     if let Some(documents) = crate::yaml_json::documents(text) {
         for (index, json) in documents.iter().enumerate() {
             let outcome =

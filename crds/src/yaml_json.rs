@@ -1,5 +1,5 @@
 //! YAML text → JSON text (one text per document, in one buffer), written
-//! straight from libyaml's events.
+//! straight from the parser's events.
 //!
 //! Why: serde_yaml_ng first collects every event of a document in one `Vec`
 //! (~100 bytes an event, 125,000 events for a 5,000-route gateway), and growing
@@ -7,17 +7,24 @@
 //! most of a standalone reload. Here each event is written out as it comes, and
 //! serde_json reads the text into the typed objects.
 //!
+//! The events come from our reader of the subset of YAML manifests are written
+//! in (`subset`: block and one-line flow collections, one-line scalars), which
+//! gives the events libyaml gives, five times faster than libyaml's scanner;
+//! a text outside the subset is read by libyaml (the parser serde_yaml_ng uses).
+//!
 //! The JSON must be what `serde_json::Value::deserialize` of serde_yaml_ng's
-//! document gives, the loader's authority (`manifests::generic_document`). It is
-//! the same libyaml parser; what this module is not sure to render the same way
-//! (tags, anchors and aliases, floats, integers beyond 64 bits, keys that do not
-//! read as strings, syntax errors) makes it give up with `None`, and the caller
-//! reads the text with serde_yaml_ng as before. The tests compare both readers.
+//! document gives, the loader's authority (`manifests::generic_document`). What
+//! this module is not sure to render the same way (tags, anchors and aliases,
+//! floats, integers beyond 64 bits, keys that do not read as strings, syntax
+//! errors) makes it give up with `None`, and the caller reads the text with
+//! serde_yaml_ng as before. The tests compare the readers.
 
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 
 use unsafe_libyaml as unsafe_yaml;
+
+mod subset;
 
 /// The JSON text of each document of a YAML stream, in one buffer.
 #[derive(Debug)]
@@ -38,33 +45,63 @@ impl Documents {
 
 /// The JSON text of each document of `text`, or `None`: read it another way.
 pub fn documents(text: &str) -> Option<Documents> {
-    let mut events = Events::new(text)?;
     // JSON is about as long as the YAML it comes from: one buffer, rarely grown.
-    let mut writer = Writer {
-        out: String::with_capacity(text.len() + text.len() / 4),
-        stack: Vec::new(),
+    let mut out = Output {
+        writer: Writer {
+            out: String::with_capacity(text.len() + text.len() / 4),
+            stack: Vec::new(),
+        },
+        ends: Vec::new(),
     };
-    let mut ends = Vec::new();
+    // Most manifests are in the subset our own reader takes; libyaml reads the rest.
+    if subset::read(text, &mut |event| out.event(event)).is_some() {
+        return Some(out.finish());
+    }
+    out.writer.out.clear();
+    out.writer.stack.clear();
+    out.ends.clear();
+    let mut events = Events::new(text)?;
     loop {
-        match events.next()? {
-            Event::StreamEnd => {
-                return Some(Documents {
-                    json: writer.out,
-                    ends,
-                })
-            }
+        let event = events.next()?;
+        let end = matches!(event, Event::StreamEnd);
+        out.event(event)?;
+        if end {
+            return Some(out.finish());
+        }
+    }
+}
+
+/// The writer, and where each document ends in its text.
+struct Output {
+    writer: Writer,
+    ends: Vec<usize>,
+}
+
+impl Output {
+    fn event(&mut self, event: Event<'_>) -> Option<()> {
+        match event {
+            Event::StreamEnd => Some(()),
             Event::DocumentEnd => {
-                if !writer.stack.is_empty() {
+                if !self.writer.stack.is_empty() {
                     return None;
                 }
-                ends.push(writer.out.len());
+                self.ends.push(self.writer.out.len());
+                Some(())
             }
-            event => writer.event(event)?,
+            event => self.writer.event(event),
+        }
+    }
+
+    fn finish(self) -> Documents {
+        Documents {
+            json: self.writer.out,
+            ends: self.ends,
         }
     }
 }
 
 /// What the writer needs of one libyaml event.
+#[derive(Debug, PartialEq)]
 enum Event<'a> {
     StreamEnd,
     DocumentEnd,
