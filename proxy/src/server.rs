@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use meshgate_crds::gateway::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::filters::Scheme;
 use crate::proxy::{self, ConnInfo};
@@ -63,7 +63,7 @@ struct Listening {
     /// first read reserve past the 8 KiB read buffer, which doubles it to 16 KiB.
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<crate::tls::ServerTls>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -188,11 +188,11 @@ pub fn accept_loop(
     let client = state.snapshot.load().client.clone();
     let tls = match spec.protocol {
         ListenerProtocol::HTTP => None,
-        ListenerProtocol::HTTPS => Some(TlsAcceptor::from(crate::tls::server_config(
+        ListenerProtocol::HTTPS => Some(crate::tls::ServerTls::new(
             state.clone(),
             &spec.name,
             spec.tls13_only,
-        )?)),
+        )?),
     };
     let listening = Arc::new(Listening {
         builder: connection_builder(&client),
@@ -356,14 +356,20 @@ struct Accepted {
     alpn: Option<Version>,
 }
 
-/// The TLS handshake of a client connection, within `timeout`.
+/// The TLS handshake of a client connection, within `timeout`. The config
+/// (its cipher suite order) is chosen once the ClientHello is read.
 async fn handshake(
-    acceptor: &TlsAcceptor,
+    server_tls: &crate::tls::ServerTls,
     stream: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
 ) -> Option<Accepted> {
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let accept = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        let config = server_tls.for_client(start.client_hello().cipher_suites());
+        start.into_stream(config).await
+    };
+    let tls = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -412,9 +418,9 @@ async fn serve_connection(
             );
             drive!(connection, conn.activity, idle, grace, shutdown)
         }
-        Some(acceptor) => {
+        Some(server_tls) => {
             let Some(Accepted { tls, sni, alpn }) =
-                Box::pin(handshake(acceptor, stream, peer, grace)).await
+                Box::pin(handshake(server_tls, stream, peer, grace)).await
             else {
                 return;
             };

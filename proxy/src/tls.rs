@@ -1,6 +1,7 @@
 //! TLS termination: certificates from `kubernetes.io/tls` Secrets, chosen by SNI.
 //!
-//! Each HTTPS listener gets one rustls `ServerConfig` when it is bound; its
+//! Each HTTPS listener gets its rustls `ServerConfig`s when it is bound (two:
+//! the same but for the cipher suite order, see [`ServerTls`]); their
 //! certificate resolver reads the listener's [`CertStore`] from the current
 //! snapshot on every handshake, so renewed certificates apply without a restart.
 
@@ -12,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{CipherSuite, ServerConfig};
 
 use crate::state::State;
 use crate::Error;
@@ -161,11 +162,44 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls config of an HTTPS listener: ALPN h2 and http/1.1, TLS 1.2+ (or 1.3
-/// only), certificates from [`SniResolver`].
-pub fn server_config(
-    state: Arc<State>,
-    listener: &str,
+/// The rustls configs of an HTTPS listener: ALPN h2 and http/1.1, TLS 1.2+ (or
+/// 1.3 only), certificates from [`SniResolver`]; two cipher suite orders,
+/// chosen per client by [`ServerTls::for_client`].
+pub struct ServerTls {
+    aes128_first: Arc<ServerConfig>,
+    chacha_first: Arc<ServerConfig>,
+}
+
+impl ServerTls {
+    pub fn new(state: Arc<State>, listener: &str, tls13_only: bool) -> Result<Self, Error> {
+        let resolver: Arc<SniResolver> = Arc::new(SniResolver {
+            state,
+            listener: listener.to_string(),
+        });
+        let config = |chacha: bool| {
+            let provider = ordered((*crate::crypto_provider()).clone(), chacha);
+            server_config(provider, resolver.clone(), tls13_only)
+        };
+        Ok(ServerTls {
+            aes128_first: config(false)?,
+            chacha_first: config(true)?,
+        })
+    }
+
+    /// The config for a client offering `suites` (in its order): ChaCha20-Poly1305
+    /// first when it is the client's first AEAD, else AES-128-GCM.
+    pub fn for_client(&self, suites: &[CipherSuite]) -> Arc<ServerConfig> {
+        if prefers_chacha(suites) {
+            self.chacha_first.clone()
+        } else {
+            self.aes128_first.clone()
+        }
+    }
+}
+
+fn server_config(
+    provider: rustls::crypto::CryptoProvider,
+    resolver: Arc<SniResolver>,
     tls13_only: bool,
 ) -> Result<Arc<ServerConfig>, Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
@@ -173,16 +207,79 @@ pub fn server_config(
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let mut config = ServerConfig::builder_with_provider(crate::crypto_provider())
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            state,
-            listener: listener.to_string(),
-        }));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our suite order, not the client's: see `suite_rank`.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// The server's cipher suite preference, as Go's crypto/tls has it (Caddy,
+/// Traefik): AES-128-GCM, then ChaCha20-Poly1305, then AES-256-GCM; ChaCha20
+/// first for a client whose first AEAD is ChaCha20 (`chacha`). AES-128 is the
+/// 128-bit security level of the P-256 and X25519 key exchange; AES-256 suites
+/// also use SHA-384 for the key schedule, which CPUs do not accelerate (10 % of
+/// a full handshake's CPU in `perf` with OpenSSL clients, which list AES-256
+/// first). Ties keep the provider's order.
+fn suite_rank(suite: CipherSuite, chacha: bool) -> u8 {
+    match (suite_family(suite), chacha) {
+        (Family::Aes128, false) | (Family::Chacha, true) => 0,
+        (Family::Aes128, true) | (Family::Chacha, false) => 1,
+        (Family::Aes256, _) => 2,
+        (Family::Other, _) => 3,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Family {
+    Aes128,
+    Aes256,
+    Chacha,
+    Other,
+}
+
+fn suite_family(suite: CipherSuite) -> Family {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Family::Aes128,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Family::Aes256,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Family::Chacha,
+        _ => Family::Other,
+    }
+}
+
+/// Is the client's first AEAD ChaCha20-Poly1305 (not AES-GCM)? Clients
+/// without AES hardware list it first, and AES in software is slow and hard to
+/// make constant-time.
+fn prefers_chacha(suites: &[CipherSuite]) -> bool {
+    suites
+        .iter()
+        .find_map(|&suite| match suite_family(suite) {
+            Family::Chacha => Some(true),
+            Family::Aes128 | Family::Aes256 => Some(false),
+            Family::Other => None,
+        })
+        .unwrap_or(false)
+}
+
+/// `provider` with its cipher suites in our order (see [`suite_rank`]).
+fn ordered(
+    mut provider: rustls::crypto::CryptoProvider,
+    chacha: bool,
+) -> rustls::crypto::CryptoProvider {
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite_rank(suite.suite(), chacha));
+    provider
 }
 
 /// The certificates of a PEM file (a CA bundle).
@@ -202,6 +299,95 @@ pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suite_order_prefers_aes128_then_chacha_then_aes256() {
+        use CipherSuite as S;
+        let names = |chacha| -> Vec<S> {
+            ordered(rustls::crypto::aws_lc_rs::default_provider(), chacha)
+                .cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .filter(|s| {
+                    matches!(
+                        s,
+                        S::TLS13_AES_128_GCM_SHA256
+                            | S::TLS13_AES_256_GCM_SHA384
+                            | S::TLS13_CHACHA20_POLY1305_SHA256
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(false),
+            [
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+                S::TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        assert_eq!(
+            names(true),
+            [
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        // Nothing is dropped, and TLS 1.2 suites follow the same order.
+        let provider = ordered(rustls::crypto::aws_lc_rs::default_provider(), false);
+        assert_eq!(
+            provider.cipher_suites.len(),
+            rustls::crypto::aws_lc_rs::default_provider()
+                .cipher_suites
+                .len()
+        );
+        let tls12: Vec<S> = provider
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .filter(|s| {
+                matches!(
+                    s,
+                    S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                )
+            })
+            .collect();
+        assert_eq!(
+            tls12,
+            [
+                S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            ]
+        );
+    }
+
+    #[test]
+    fn chacha_first_only_for_clients_whose_first_aead_is_chacha() {
+        use CipherSuite as S;
+        // OpenSSL's default TLS 1.3 order: AES-256 first.
+        assert!(!prefers_chacha(&[
+            S::TLS13_AES_256_GCM_SHA384,
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+            S::TLS13_AES_128_GCM_SHA256
+        ]));
+        // A client without AES hardware (BoringSSL, Go).
+        assert!(prefers_chacha(&[
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+            S::TLS13_AES_128_GCM_SHA256,
+            S::TLS13_AES_256_GCM_SHA384
+        ]));
+        // Unknown and other suites before it do not count.
+        assert!(prefers_chacha(&[
+            S::Unknown(0x0a0a),
+            S::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+            S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        ]));
+        assert!(!prefers_chacha(&[]));
+    }
 
     fn cert(names: &[&str]) -> (Arc<CertifiedKey>, Vec<String>) {
         let generated = rcgen::generate_simple_self_signed(

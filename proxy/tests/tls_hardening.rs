@@ -316,15 +316,27 @@ async fn connect(
     setup: &Setup,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), std::io::Error> {
+    connect_with(
+        setup,
+        versions,
+        rustls::crypto::aws_lc_rs::default_provider(),
+    )
+    .await
+}
+
+/// [`connect`] offering `provider`'s cipher suites, in its order.
+async fn connect_with(
+    setup: &Setup,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    provider: rustls::crypto::CryptoProvider,
+) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), std::io::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(setup.root.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(setup.addr).await?;
     let tls = connector
@@ -366,6 +378,71 @@ async fn normal_clients_negotiate_tls13_or_tls12_ecdhe_aead() {
         "{suite:?}"
     );
     eprintln!("FIGURE negotiated: TLS 1.3 and TLS 1.2 {suite:?}");
+    drop(setup.proxy);
+}
+
+/// The server's suite order, not the client's: AES-128-GCM, then ChaCha20, then
+/// AES-256-GCM, with ChaCha20 first for a client whose first AEAD it is.
+#[tokio::test]
+async fn server_prefers_aes128_unless_the_client_puts_chacha_first() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    use rustls::CipherSuite as S;
+    let setup = setup("", "{}").await;
+    let offering = |suites: &[rustls::SupportedCipherSuite]| rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let tls13 = &[&rustls::version::TLS13];
+    for (offered, chosen) in [
+        // OpenSSL's default order.
+        (
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            S::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            S::TLS13_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let (version, suite) = connect_with(&setup, tls13, offering(&offered))
+            .await
+            .unwrap();
+        assert_eq!(
+            (version, suite),
+            (rustls::ProtocolVersion::TLSv1_3, chosen),
+            "{offered:?}"
+        );
+    }
+    // TLS 1.2 (raw hellos): the same order.
+    for (offered, chosen) in [
+        (&[0xc02c, 0xcca9, 0xc02b][..], 0xc02b),
+        (&[0xcca9, 0xc02c, 0xc02b][..], 0xcca9),
+        (&[0xc02c][..], 0xc02c),
+    ] {
+        match exchange(setup.addr, &client_hello(TLS12, offered, None)).await {
+            Answer::ServerHello { suite, .. } => assert_eq!(suite, chosen, "{offered:x?}"),
+            other => panic!("{offered:x?}: {other:?}"),
+        }
+    }
     drop(setup.proxy);
 }
 
