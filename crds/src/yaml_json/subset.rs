@@ -265,17 +265,8 @@ impl<'t> Reader<'t, '_> {
         if self.peek()? != b']' {
             loop {
                 self.flow_node()?;
-                self.skip_spaces();
-                match self.peek()? {
-                    b',' => {
-                        self.pos += 1;
-                        self.skip_spaces();
-                        if self.peek()? == b']' {
-                            return None; // a trailing comma
-                        }
-                    }
-                    b']' => break,
-                    _ => return None, // `[a: b]` and the like
+                if self.flow_entry_end(b']')? {
+                    break;
                 }
             }
         }
@@ -308,22 +299,29 @@ impl<'t> Reader<'t, '_> {
                     return None; // an empty value
                 }
                 self.flow_node()?;
-                self.skip_spaces();
-                match self.peek()? {
-                    b',' => {
-                        self.pos += 1;
-                        self.skip_spaces();
-                        if self.peek()? == b'}' {
-                            return None;
-                        }
-                    }
-                    b'}' => break,
-                    _ => return None,
+                if self.flow_entry_end(b'}')? {
+                    break;
                 }
             }
         }
         self.pos += 1;
         (self.emit)(Event::MappingEnd)
+    }
+
+    /// After an entry of a flow collection: `Some(true)` at its `close`,
+    /// `Some(false)` past a `,` that another entry follows, `None` otherwise (a
+    /// trailing comma, or `[a: b]` and the like).
+    fn flow_entry_end(&mut self, close: u8) -> Option<bool> {
+        self.skip_spaces();
+        match self.peek()? {
+            b',' => {
+                self.pos += 1;
+                self.skip_spaces();
+                (self.peek()? != close).then_some(false)
+            }
+            c if c == close => Some(true),
+            _ => None,
+        }
     }
 
     /// A plain scalar in block context, up to `: `, ` #` or the line's end.

@@ -278,6 +278,28 @@ fn resolution_table() {
     assert_eq!(resolve("yes"), Plain::Str);
 }
 
+/// How many random texts to try (`YAML_RANDOM_TEXTS`, default 20,000), and a
+/// seeded xorshift generator of numbers below its argument (`YAML_RANDOM_SEED`
+/// or `default_seed`): repeatable runs, more or others on demand.
+pub(super) fn random_texts(default_seed: u64) -> (usize, impl FnMut(usize) -> usize) {
+    let count: usize = std::env::var("YAML_RANDOM_TEXTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let mut seed: u64 = std::env::var("YAML_RANDOM_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default_seed)
+        .max(1);
+    let next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    (count, next)
+}
+
 /// Random YAML-like texts from pieces that matter to the reader (indentation,
 /// indicators, quotes, the scalars above): wherever the fast reader answers,
 /// serde_yaml_ng must read the text and agree. A fixed seed keeps it repeatable;
@@ -315,21 +337,7 @@ fn random_texts_read_the_same() {
         "\"q\\u0041\\n\"",
         "'it''s'",
     ];
-    let count: usize = std::env::var("YAML_RANDOM_TEXTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
-    let mut seed: u64 = std::env::var("YAML_RANDOM_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x9e37_79b9_7f4a_7c15)
-        .max(1);
-    let mut next = move |n: usize| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % n as u64) as usize
-    };
+    let (count, mut next) = random_texts(0x9e37_79b9_7f4a_7c15);
     let (mut answered, mut total) = (0, 0);
     for _ in 0..count {
         let mut text = String::new();

@@ -179,21 +179,7 @@ fn random_texts_give_libyamls_events() {
         "{a: }",
         "[a, ]",
     ];
-    let count: usize = std::env::var("YAML_RANDOM_TEXTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
-    let mut seed: u64 = std::env::var("YAML_RANDOM_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0x2545_f491_4f6c_dd1d)
-        .max(1);
-    let mut next = move |n: usize| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % n as u64) as usize
-    };
+    let (count, mut next) = super::super::tests::random_texts(0x2545_f491_4f6c_dd1d);
     let (mut answered, mut structured, mut libyaml_read) = (0, 0, 0);
     for _ in 0..count {
         let mut text = String::new();
