@@ -199,6 +199,32 @@ async fn run(cli: Cli) -> Result<ExitCode, meshgate_proxy::Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How many runtime workers: `--worker-threads`, else `TOKIO_WORKER_THREADS`
+/// (tokio's own variable, `env`), else one per CPU this process may run on
+/// (`cpus`: a `taskset` mask and a cgroup CPU limit count).
+fn worker_threads(flag: Option<usize>, env: Option<&str>, cpus: usize) -> usize {
+    flag.filter(|n| *n > 0)
+        .or_else(|| {
+            env.and_then(|v| v.trim().parse().ok())
+                .filter(|n: &usize| *n > 0)
+        })
+        .unwrap_or(cpus.max(1))
+}
+
+/// One worker gets tokio's current-thread runtime: the thread that accepts also
+/// runs every connection, with no work-stealing queues, no cross-thread wake-ups
+/// and no second thread sharing the core. More workers get the multi-thread
+/// runtime. docs/performance.md ("One thread, one runtime") has the measurement.
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let check = matches!(&cli.command, Some(Command::Demo(d)) if d.check);
@@ -211,11 +237,12 @@ fn main() -> ExitCode {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    let workers = worker_threads(
+        cli.worker_threads,
+        std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let runtime = match runtime_builder(workers).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("meshgate-proxy: starting the runtime: {e}");
@@ -229,5 +256,37 @@ fn main() -> ExitCode {
             eprintln!("meshgate-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_then_tokios_variable_then_the_cpus_choose_the_workers() {
+        assert_eq!(worker_threads(Some(3), Some("2"), 8), 3);
+        assert_eq!(worker_threads(None, Some(" 2 "), 8), 2);
+        assert_eq!(worker_threads(Some(0), Some("2"), 8), 2);
+        assert_eq!(worker_threads(None, None, 8), 8);
+        // Nonsense in the variable falls through to the CPUs (tokio would panic).
+        assert_eq!(worker_threads(None, Some("many"), 4), 4);
+        assert_eq!(worker_threads(None, Some("0"), 4), 4);
+        assert_eq!(worker_threads(None, None, 0), 1);
+    }
+
+    #[test]
+    fn one_worker_runs_on_the_current_thread() {
+        let one = runtime_builder(1).build().expect("runtime");
+        assert_eq!(
+            one.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let two = runtime_builder(2).build().expect("runtime");
+        assert_eq!(
+            two.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert_eq!(two.metrics().num_workers(), 2);
     }
 }

@@ -112,6 +112,19 @@ fn unreadable_manifests_fail_at_start() {
 #[cfg(unix)]
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
+    sigterm_drains(&[]).await;
+}
+
+/// One worker is tokio's current-thread runtime: the signal, the drain and the
+/// in-flight request all share the one thread.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_with_one_worker() {
+    sigterm_drains(&["--worker-threads", "1"]).await;
+}
+
+#[cfg(unix)]
+async fn sigterm_drains(extra_args: &[&str]) {
     let slow = spawn_slow(Duration::from_millis(1500)).await;
     let port = closed_port().port();
     let dir = TestDir::new("cli-sigterm");
@@ -132,6 +145,7 @@ async fn sigterm_drains_in_flight_requests() {
             "--bind-ip",
             "127.0.0.1",
         ])
+        .args(extra_args)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
