@@ -148,17 +148,18 @@ def rss_kib(pid):
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process tree (live processes only), seconds."""
-    total = 0
+def cpu_split(pid):
+    """(user, system) CPU time of a process tree (live processes only), seconds."""
+    user = system = 0
     for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            system += int(fields[12])
         except (FileNotFoundError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def run(cmd, cpu=LOAD_CPU, timeout=None):
@@ -635,7 +636,26 @@ def reloads_ok():
     return int(m.group(1)) if m else None
 
 
-PEER_CLASSES = {"nginx": Nginx, "haproxy": Haproxy, "meshgate": Meshgate}
+class Bare(Peer):
+    """The floor: proxy/examples/bare_proxy.rs, hyper + rustls and nothing else.
+    It forwards everything to the HTTP/1.1 upstream, so it takes part only in
+    the scenarios without routes, policies, gRPC or reloads (FLOOR_SCENARIOS)."""
+    name = "bare"
+
+    def start(self, routes=None, policy=False):
+        env = dict(os.environ, BARE_LISTEN=f"127.0.0.1:{EDGE_PORT}",
+                   BARE_CERT=os.path.join(CERTS, "edge.crt"), BARE_KEY=os.path.join(CERTS, "edge.key"),
+                   BARE_UPSTREAM=f"127.0.0.1:{UP_H1_PORT}", BARE_UPSTREAM_NAME=UPSTREAM_DNS,
+                   BARE_MESH_CA=os.path.join(CERTS, "mesh-ca.crt"),
+                   BARE_CLIENT_CERT=os.path.join(CERTS, "gateway.crt"),
+                   BARE_CLIENT_KEY=os.path.join(CERTS, "gateway.key"))
+        self.proc = Proc("bare", [BARE_BIN], PROXY_CPU, env=env)
+        wait_port(EDGE_PORT)
+
+
+FLOOR_SCENARIOS = (1, 2, 3, 7, 8)
+BARE_BIN = ENV.get("BARE_BIN", "bare_proxy")
+PEER_CLASSES = {"nginx": Nginx, "haproxy": Haproxy, "meshgate": Meshgate, "bare": Bare}
 
 
 # --- JWT for scenario 5 -----------------------------------------------------------------
@@ -825,7 +845,8 @@ class Scenario:
 
 class S1(Scenario):
     id, title = 1, "HTTPS HTTP/1.1 keep-alive, small response (wrk)"
-    metrics = {"rps": ("req/s", True), "p99_ms": ("ms", False), "cpu_us_per_req": ("proxy CPU us/req", False)}
+    metrics = {"rps": ("req/s", True), "p99_ms": ("ms", False), "cpu_us_per_req": ("proxy CPU us/req", False),
+               "sys_us_per_req": ("of which kernel us/req", False)}
 
     def run(self, peer):
         r = wrk()
@@ -874,7 +895,8 @@ class S2(Scenario):
 
 class S3(Scenario):
     id, title = 3, "HTTP/2 multiplexed, 10 conns x 10 streams (h2load)"
-    metrics = {"rps": ("req/s", True), "cpu_us_per_req": ("proxy CPU us/req", False)}
+    metrics = {"rps": ("req/s", True), "cpu_us_per_req": ("proxy CPU us/req", False),
+               "sys_us_per_req": ("of which kernel us/req", False)}
 
     def warm(self, peer):
         h2load(duration=1)
@@ -1126,7 +1148,8 @@ def main():
     try:
         for sid in SCENARIOS:
             sc = ALL[sid]()
-            peers = [p for p in all_peers if sc.peers is None or p in sc.peers]
+            peers = [p for p in all_peers if (sc.peers is None or p in sc.peers)
+                     and (p != "bare" or sid in FLOOR_SCENARIOS)]
             if sid == 8:
                 if not os.path.exists(OHA):
                     log("scenario 8 skipped: no oha")
@@ -1158,9 +1181,10 @@ def main():
                         peer.start(routes=sc.routes, policy=sc.policy)
                         sc.ready(peer)
                         sc.warm(peer)
-                        cpu0, t0 = cpu_seconds(peer.proc.p.pid), time.monotonic()
+                        (user0, sys0), t0 = cpu_split(peer.proc.p.pid), time.monotonic()
                         r = sc.run(peer)
-                        cpu = cpu_seconds(peer.proc.p.pid) - cpu0
+                        user1, sys1 = cpu_split(peer.proc.p.pid)
+                        cpu = (user1 - user0) + (sys1 - sys0)
                         wall = time.monotonic() - t0
                         # How busy the proxy's core was: below ~90 % the load
                         # generator, not the proxy, set the pace.
@@ -1168,6 +1192,9 @@ def main():
                         n = r.get("requests") or r.get("connections")
                         if n and "cpu_us_per_req" in sc.metrics:
                             r["cpu_us_per_req"] = 1e6 * cpu / n
+                            # The kernel's share (sockets, loopback TCP, epoll):
+                            # what no proxy's user space can win back.
+                            r["sys_us_per_req"] = 1e6 * (sys1 - sys0) / n
                         log(f"   {sid} rep {rep + 1} {name}: " + ", ".join(
                             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
                         entry["runs"][name].append(r)

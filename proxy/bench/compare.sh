@@ -78,6 +78,14 @@ fi
 [[ -x "$MESHGATE_BIN" ]] || { log "no meshgate-proxy binary at $MESHGATE_BIN"; exit 1; }
 export MESHGATE_BIN
 
+# The floor (peer `bare`): hyper + rustls alone, proxy/examples/bare_proxy.rs.
+if [[ " $PEERS " == *" bare "* && -z "${BARE_BIN:-}" ]]; then
+    log "building the bare hyper + rustls proxy (release)"
+    (cd "$REPO" && cargo build --release -q -p meshgate-proxy --example bare_proxy)
+    BARE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/examples/bare_proxy"
+fi
+export BARE_BIN="${BARE_BIN:-}"
+
 # --- work dir, limits, cleanup -------------------------------------------------
 WORK="$(mktemp -d /tmp/meshgate-bench.XXXXXX)"
 chmod 0755 "$WORK"   # nginx workers (www-data) read the gRPC reply file
