@@ -10,6 +10,9 @@
 #   with exactly the flags `up` used (outage tests); COMPONENT is one of
 #   etcd kube-apiserver kube-controller-manager kube-scheduler kwok istiod.
 #
+#   APISERVER_PROFILING=true serves Go's pprof on the API server's
+#   /debug/pprof (off by default; proxy/bench uses it to profile writes).
+#
 # Layout of STATE_DIR: kubeconfig (admin), pki/, logs/<component>.log,
 # pids/<component>.pid, ports.env (ports used), istio-root-cert.pem, etcd/,
 # istiod/ (istiod's working directory).
@@ -196,7 +199,7 @@ start_apiserver() {
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true \
-    --profiling=false \
+    --profiling="${APISERVER_PROFILING:-false}" \
     --kubelet-preferred-address-types=InternalIP \
     --endpoint-reconciler-type=none \
     --requestheader-client-ca-file="$d/front-proxy-ca.crt" \
