@@ -131,6 +131,26 @@ impl ClusterSource {
     }
 }
 
+/// The annotation `kubectl apply` writes: a whole copy of the object as last
+/// applied (for a Secret, its data in clear).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the API server and kubectl keep for their own bookkeeping
+/// before an object enters a watch store: `managedFields` and the
+/// last-applied annotation. Nothing here reads them, and on a large object
+/// they are most of it (a 5,000-route ApiGateway lists every route's key in
+/// `managedFields`); the stores would hold them for the process's life.
+fn drop_bookkeeping<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// One reflector: its store, whether its first list is complete, whether the
 /// API server refuses it, and its task.
 struct Watched<K: Resource + 'static>
@@ -174,7 +194,9 @@ where
         let denied = Arc::new(AtomicBool::new(false));
         let stream = reflector::reflector(
             writer,
-            watcher::watcher(api, config).backoff(WatchBackoff::default()),
+            watcher::watcher(api, config)
+                .backoff(WatchBackoff::default())
+                .modify(drop_bookkeeping),
         );
         let (flag, refused) = (synced.clone(), denied.clone());
         let task = tokio::spawn(async move {
@@ -589,6 +611,41 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_stores_keep_no_managed_fields_and_no_last_applied_copy() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("tls".into());
+        secret.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:data": {".": {}}}))),
+            ..Default::default()
+        }]);
+        secret.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED.to_string(),
+                    r#"{"data":{"tls.key":"..."}}"#.to_string(),
+                ),
+                ("team".to_string(), "edge".to_string()),
+            ]
+            .into(),
+        );
+        drop_bookkeeping(&mut secret);
+        assert_eq!(secret.metadata.managed_fields, None);
+        assert_eq!(
+            secret.metadata.annotations,
+            Some([("team".to_string(), "edge".to_string())].into())
+        );
+        assert_eq!(secret.metadata.name.as_deref(), Some("tls"));
+
+        // The only annotation gone: no empty map left behind.
+        let mut service = Service::default();
+        service.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        drop_bookkeeping(&mut service);
+        assert_eq!(service.metadata.annotations, None);
+    }
 
     #[test]
     fn watch_backoff_doubles_to_the_cap_with_jitter_and_resets() {
