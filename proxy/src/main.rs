@@ -214,7 +214,7 @@ fn worker_threads(flag: Option<usize>, env: Option<&str>, cpus: usize) -> usize 
 /// One worker gets tokio's current-thread runtime: the thread that accepts also
 /// runs every connection, with no work-stealing queues, no cross-thread wake-ups
 /// and no second thread sharing the core. More workers get the multi-thread
-/// runtime. docs/performance.md ("One thread, one runtime") has the measurement.
+/// runtime. Measured in docs/performance.md ("The floor, and the kernel's share").
 fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
     if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
