@@ -30,15 +30,20 @@ pub struct Route {
     pub listeners: Vec<String>,
     /// Lower case; empty means those of the listener.
     pub hostnames: Vec<String>,
-    pub matches: Vec<MatchRule>,
-    pub request_headers: Option<HeaderModifier>,
-    pub response_headers: Option<HeaderModifier>,
-    pub rewrite: Option<UrlRewrite>,
-    pub redirect: Option<Redirect>,
+    /// Exactly as long as the route's matches: a `Vec` collected from the
+    /// fallible compile would reserve room for four (336 bytes more per route).
+    pub matches: Box<[MatchRule]>,
+    // Filters are the exception: boxed, a route without them is ~300 bytes
+    // smaller, which at thousands of routes is megabytes (docs/performance.md).
+    pub request_headers: Option<Box<HeaderModifier>>,
+    pub response_headers: Option<Box<HeaderModifier>>,
+    pub rewrite: Option<Box<UrlRewrite>>,
+    pub redirect: Option<Box<Redirect>>,
     pub backends: Backends,
     /// Timeouts and retries (an ApiPolicy may override them per listener).
+    /// Routes without `timeouts` and `retry` share one [`default_upstream`].
     pub upstream: Arc<UpstreamSettings>,
-    pub mirror: Option<Mirror>,
+    pub mirror: Option<Box<Mirror>>,
     pub counters: Arc<RouteCounters>,
     /// Filter kinds in use, for `/config`.
     pub filters: Vec<&'static str>,
@@ -100,6 +105,15 @@ pub struct UpstreamSettings {
     pub circuit: Option<CircuitLimits>,
     /// Active health of the route's endpoints; `None`: not checked.
     pub health: Option<RouteHealth>,
+}
+
+/// The settings of a route without `timeouts` and `retry` (what
+/// `UpstreamSettings::compile(None, None)` gives), shared by all such routes
+/// of every snapshot instead of one copy per route.
+pub fn default_upstream() -> Arc<UpstreamSettings> {
+    static DEFAULT: std::sync::LazyLock<Arc<UpstreamSettings>> =
+        std::sync::LazyLock::new(|| Arc::new(UpstreamSettings::default()));
+    DEFAULT.clone()
 }
 
 impl UpstreamSettings {
@@ -275,14 +289,14 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
             return Err(format!("listener {listener:?} does not exist"));
         }
     }
-    let matches = if route.matches.is_empty() {
-        vec![match_rule(&api::RouteMatch::default())?]
+    let matches: Box<[MatchRule]> = if route.matches.is_empty() {
+        Box::new([match_rule(&api::RouteMatch::default())?])
     } else {
         route
             .matches
             .iter()
             .map(match_rule)
-            .collect::<Result<Vec<_>, _>>()?
+            .collect::<Result<_, _>>()?
     };
 
     let (mut request_headers, mut response_headers, mut rewrite, mut redirect, mut mirror) =
@@ -292,22 +306,28 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         let kind = f.kind;
         let duplicate = match kind {
             RouteFilterType::RequestHeaderModifier => request_headers
-                .replace(HeaderModifier::compile(setting(
+                .replace(Box::new(HeaderModifier::compile(setting(
                     &f.request_header_modifier,
                     kind,
-                )?)?)
+                )?)?))
                 .is_some(),
             RouteFilterType::ResponseHeaderModifier => response_headers
-                .replace(HeaderModifier::compile(setting(
+                .replace(Box::new(HeaderModifier::compile(setting(
                     &f.response_header_modifier,
                     kind,
-                )?)?)
+                )?)?))
                 .is_some(),
             RouteFilterType::URLRewrite => rewrite
-                .replace(UrlRewrite::compile(setting(&f.url_rewrite, kind)?)?)
+                .replace(Box::new(UrlRewrite::compile(setting(
+                    &f.url_rewrite,
+                    kind,
+                )?)?))
                 .is_some(),
             RouteFilterType::RequestRedirect => redirect
-                .replace(Redirect::compile(setting(&f.request_redirect, kind)?)?)
+                .replace(Box::new(Redirect::compile(setting(
+                    &f.request_redirect,
+                    kind,
+                )?)?))
                 .is_some(),
             RouteFilterType::RequestMirror => {
                 let m = setting(&f.request_mirror, kind)?;
@@ -317,7 +337,9 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
                 let backend =
                     Backend::new(format!("{namespace}/{}:{}", b.name, b.port), 1, endpoints);
                 let percent = u32::try_from(m.percent.unwrap_or(100)).unwrap_or(0);
-                mirror.replace(Mirror::new(backend, percent)).is_some()
+                mirror
+                    .replace(Box::new(Mirror::new(backend, percent)))
+                    .is_some()
             }
         };
         if duplicate {
@@ -377,7 +399,14 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         return Err("every backendRef has weight 0".to_string());
     }
 
-    let upstream = UpstreamSettings::compile(route.timeouts.as_ref(), route.retry.as_ref())?;
+    let upstream = if route.timeouts.is_none() && route.retry.is_none() {
+        default_upstream()
+    } else {
+        Arc::new(UpstreamSettings::compile(
+            route.timeouts.as_ref(),
+            route.retry.as_ref(),
+        )?)
+    };
 
     let compiled = Route {
         id: 0,
@@ -395,7 +424,7 @@ pub fn compile(route: &api::Route, cx: &Context<'_>) -> Result<(Route, Vec<Strin
         rewrite,
         redirect,
         backends,
-        upstream: Arc::new(upstream),
+        upstream,
         mirror,
         counters: cx.metrics.route(&route.name),
         filters,

@@ -160,6 +160,8 @@ impl PathTable {
     fn sort(&mut self) {
         for list in self.exact.values_mut().chain(self.prefix.values_mut()) {
             list.sort_by_cached_key(|c| c.precedence());
+            // Most paths have one candidate; the first push reserved four.
+            list.shrink_to_fit();
         }
         self.regex.sort_by_cached_key(|c| c.precedence());
     }

@@ -496,3 +496,43 @@ fn routes_are_compiled_again_when_their_endpoints_change() {
         .iter()
         .all(|r| r.backends.iter().all(|b| b.h2)));
 }
+
+/// What every route holds is sized for the many routes that use few features:
+/// no spare match slots, no per-route copy of the default upstream settings.
+#[test]
+fn routes_hold_only_what_they_use() {
+    let routes =
+        "  - {name: plain, matches: [{path: {value: /p}}], backendRefs: [{name: svc, port: 80}]}
+  - name: two-matches
+    matches: [{path: {value: /m}}, {path: {type: Exact, value: /n}, method: GET}]
+    backendRefs: [{name: svc, port: 80}]
+  - name: timed
+    matches: [{path: {value: /t}}]
+    timeouts: {request: 2s}
+    backendRefs: [{name: svc, port: 80}]";
+    let snapshot = compile_yaml(&gateway(LISTENER, routes)).unwrap();
+    let route = |name: &str| {
+        snapshot
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("route {name} compiled"))
+            .clone()
+    };
+    let (plain, two, timed) = (route("plain"), route("two-matches"), route("timed"));
+    assert_eq!(plain.matches.len(), 1);
+    assert_eq!(two.matches.len(), 2);
+    assert!(Arc::ptr_eq(&plain.upstream, &two.upstream));
+    assert!(Arc::ptr_eq(
+        &plain.upstream,
+        &crate::routes::default_upstream()
+    ));
+    assert_eq!(plain.upstream.timeout, None);
+    assert!(!Arc::ptr_eq(&plain.upstream, &timed.upstream));
+    assert_eq!(
+        timed.upstream.timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    // Filters are boxed: a route is a quarter kilobyte, not half of one.
+    assert!(std::mem::size_of::<crate::routes::Route>() <= 256);
+}
