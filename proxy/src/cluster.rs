@@ -11,7 +11,7 @@
 //! is refused (403) counts as empty, so the rest of the gateway keeps serving.
 //! Any change wakes the
 //! builder, which waits for the burst to settle ([`DEBOUNCE`], at most
-//! [`MAX_DELAY`]), assembles a [`Manifests`] value from the stores and hands it to
+//! [`MAX_DELAY`]; only [`LONE_SETTLE`] for a change after a calm), assembles a [`Manifests`] value from the stores and hands it to
 //! [`compile`]. When the API server goes away the reflectors retry with backoff
 //! ([`WatchBackoff`], at most [`WATCH_RETRY_MAX`] apart) and the last good
 //! snapshot keeps serving.
@@ -44,6 +44,12 @@ use crate::{reload, Error};
 
 /// Quiet time that ends a burst of changes.
 pub const DEBOUNCE: Duration = Duration::from_millis(75);
+/// Quiet time before applying a change that comes after [`CALM`] without any:
+/// a lone edit (a `kubectl apply` of one object) is not held back for a burst
+/// that is not coming. A second change within it makes it a burst ([`DEBOUNCE`]).
+pub const LONE_SETTLE: Duration = Duration::from_millis(10);
+/// How long without changes makes the next one a lone change.
+pub const CALM: Duration = Duration::from_secs(1);
 /// Longest a change waits for a burst to end.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// First retry of a failed watch or list.
@@ -452,10 +458,13 @@ fn translate_addresses(slices: &mut [EndpointSlice], map: &HashMap<IpAddr, IpAdd
     }
 }
 
-/// Waits for the next change and for its burst to settle.
+/// Waits for the next change and for its burst to settle: [`LONE_SETTLE`] after
+/// a change that follows a calm, [`DEBOUNCE`] after the last change of a burst,
+/// at most [`MAX_DELAY`]. `last` is when the previous change was seen.
 async fn settled(
     changed: &Notify,
     shutdown: &mut watch::Receiver<bool>,
+    last: &mut Option<tokio::time::Instant>,
 ) -> Option<tokio::time::Instant> {
     tokio::select! {
         _ = changed.notified() => {}
@@ -463,14 +472,20 @@ async fn settled(
     }
     let first = tokio::time::Instant::now();
     let deadline = first + MAX_DELAY;
+    let calm = last.is_none_or(|t| first.duration_since(t) >= CALM);
+    let mut quiet = if calm { LONE_SETTLE } else { DEBOUNCE };
+    *last = Some(first);
     loop {
         tokio::select! {
             _ = changed.notified() => {
-                if tokio::time::Instant::now() >= deadline {
+                let now = tokio::time::Instant::now();
+                *last = Some(now);
+                quiet = DEBOUNCE;
+                if now >= deadline {
                     return Some(first);
                 }
             }
-            _ = tokio::time::sleep(DEBOUNCE) => return Some(first),
+            _ = tokio::time::sleep(quiet) => return Some(first),
             _ = tokio::time::sleep_until(deadline) => return Some(first),
             _ = shutdown.changed() => return None,
         }
@@ -509,7 +524,8 @@ pub async fn run(
     let mut last: Option<Vec<(String, String)>> = None;
     let mut waiting_logged = false;
 
-    while let Some(first_change) = settled(&changed, &mut shutdown).await {
+    let mut last_change = None;
+    while let Some(first_change) = settled(&changed, &mut shutdown, &mut last_change).await {
         let assembling = tokio::time::Instant::now();
         let gateway_objects = gateways.objects();
         let policy_objects = policies.objects();
@@ -611,6 +627,54 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When each call of [`settled`] returns, in ms after the start, for changes
+    /// notified at `at` (ms after the start). Tokio's clock is paused: exact.
+    async fn settle_times(at: &[u64]) -> Vec<u64> {
+        let changed = Arc::new(Notify::new());
+        let start = tokio::time::Instant::now();
+        let notifier = {
+            let (changed, at) = (changed.clone(), at.to_vec());
+            tokio::spawn(async move {
+                for ms in at {
+                    tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                    changed.notify_one();
+                }
+            })
+        };
+        let (_stop, mut shutdown) = watch::channel(false);
+        let mut last = None;
+        let mut out = Vec::new();
+        while !notifier.is_finished() || out.is_empty() {
+            let Ok(Some(_)) = tokio::time::timeout(
+                Duration::from_secs(10),
+                settled(&changed, &mut shutdown, &mut last),
+            )
+            .await
+            else {
+                break;
+            };
+            out.push(start.elapsed().as_millis() as u64);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lone_changes_settle_fast_and_bursts_wait_for_quiet() {
+        // A lone change; another 200 ms later (no calm yet: a burst's pace);
+        // one after 2 s of calm; then a burst of three 5 ms apart.
+        let times = settle_times(&[0, 200, 2275, 5000, 5005, 5010]).await;
+        assert_eq!(times, vec![10, 275, 2285, 5085]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_changes_is_applied_every_max_delay() {
+        // A change every 40 ms for 1.16 s: the first is lone; the rest never
+        // fall quiet for DEBOUNCE, so each rebuild waits MAX_DELAY, until the end.
+        let every_40_ms: Vec<u64> = (0..30).map(|i| i * 40).collect();
+        let times = settle_times(&every_40_ms).await;
+        assert_eq!(times, vec![10, 340, 660, 980, 1235]);
+    }
 
     #[test]
     fn watch_stores_keep_no_managed_fields_and_no_last_applied_copy() {
