@@ -9,9 +9,9 @@
 //! EndpointSlices of those Services by label. That is exactly what the operator's
 //! Role there grants, and only when a ReferenceGrant permits it; a watch there that
 //! is refused (403) counts as empty, so the rest of the gateway keeps serving.
-//! Any change wakes the
-//! builder, which waits for the burst to settle ([`DEBOUNCE`], at most
-//! [`MAX_DELAY`]; only [`LONE_SETTLE`] for a change after a calm), assembles a [`Manifests`] value from the stores and hands it to
+//! Any change wakes the builder, which waits for the burst to settle
+//! ([`DEBOUNCE`], at most [`MAX_DELAY`]; only [`LONE_SETTLE`] for a change after
+//! a calm), assembles a [`Manifests`] value from the stores and hands it to
 //! [`compile`]. When the API server goes away the reflectors retry with backoff
 //! ([`WatchBackoff`], at most [`WATCH_RETRY_MAX`] apart) and the last good
 //! snapshot keeps serving.
