@@ -36,6 +36,7 @@ pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_stream;
 pub mod upgrade;
 pub mod upstream;
 

@@ -13,7 +13,6 @@ use hyper_util::server::conn::auto;
 use meshgate_crds::gateway::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use tokio_rustls::LazyConfigAcceptor;
 
 use crate::filters::Scheme;
 use crate::proxy::{self, ConnInfo};
@@ -351,7 +350,7 @@ macro_rules! drive {
 
 /// What a finished TLS handshake hands to the HTTP layer.
 struct Accepted {
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: crate::tls_stream::TlsStream,
     sni: Option<Arc<str>>,
     alpn: Option<Version>,
 }
@@ -364,13 +363,10 @@ async fn handshake(
     peer: SocketAddr,
     timeout: Duration,
 ) -> Option<Accepted> {
-    let accept = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-        let config = server_tls.for_client(start.client_hello().cipher_suites());
-        start.into_stream(config).await
-    };
-    let tls = match tokio::time::timeout(timeout, accept).await {
-        Ok(Ok(tls)) => tls,
+    let accept =
+        crate::tls_stream::accept(stream, |hello| server_tls.for_client(hello.cipher_suites()));
+    let accepted = match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return None;
@@ -380,9 +376,9 @@ async fn handshake(
             return None;
         }
     };
-    let session = tls.get_ref().1;
-    let sni = session.server_name().map(Arc::from);
-    let alpn = match session.alpn_protocol() {
+    let tls = accepted.stream;
+    let sni = accepted.sni.map(Arc::from);
+    let alpn = match tls.alpn_protocol() {
         Some(b"http/1.1") => Some(Version::Http1),
         Some(b"h2") => Some(Version::Http2),
         _ => None,
