@@ -194,14 +194,22 @@ pub async fn accept(
                 "connection closed before the ClientHello",
             ));
         }
+        // Fed 4 KiB at a time (its read size), each followed by `accept`:
+        // until the acceptor starts joining a handshake message it refuses
+        // to hold more than one record's worth.
         let mut new = &incoming.data()[fed..];
+        let mut outcome = Ok(None);
         while !new.is_empty() {
             if acceptor.read_tls(&mut new)? == 0 {
                 break;
             }
+            outcome = acceptor.accept();
+            if !matches!(outcome, Ok(None)) {
+                break;
+            }
         }
         fed = incoming.len() - new.len();
-        match acceptor.accept() {
+        match outcome {
             Ok(None) => {}
             Ok(Some(accepted)) => {
                 let hello = accepted.client_hello();
