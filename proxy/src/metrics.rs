@@ -162,6 +162,9 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     /// Client connections closed at once because `maxConnections` were open.
     pub connections_rejected: AtomicU64,
+    /// Idle HTTP/1.1 connections over TLS parked now (hyper's connection and
+    /// its buffers dropped until the client sends again).
+    pub connections_parked: AtomicU64,
     /// Listeners a reload added or changed whose port could not be bound.
     pub listener_bind_failures: AtomicU64,
     /// Requests refused (503 UO) by `circuitBreaker.maxParallelRequests`.
@@ -266,7 +269,7 @@ impl Metrics {
                 ("limit=\"connections\"", load(&self.overflow_connections)),
             ],
         );
-        let singles: [(&str, &str, &str, i64); 5] = [
+        let singles: [(&str, &str, &str, i64); 6] = [
             (
                 "meshgate_config_version",
                 "gauge",
@@ -284,6 +287,12 @@ impl Metrics {
                 "gauge",
                 "Client connections open.",
                 load(&self.connections_active),
+            ),
+            (
+                "meshgate_parked_connections",
+                "gauge",
+                "Idle HTTP/1.1 connections over TLS parked: only the TLS session is kept (no buffers) until the client sends again.",
+                load(&self.connections_parked),
             ),
             (
                 "meshgate_connections_rejected_total",

@@ -2,7 +2,8 @@
 //! and hyper's auto (HTTP/1.1 + HTTP/2) connection builder.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,17 @@ pub struct ConnActivity {
     active: AtomicUsize,
     /// Milliseconds after `origin` when the last request ended.
     idle_since_ms: AtomicU64,
+    /// Whether a request has ended on this connection.
+    served: AtomicBool,
+}
+
+/// Which of `ConnActivity::idle_for`'s delays passed first.
+#[derive(Debug, PartialEq)]
+pub enum Expired {
+    /// The park delay, after at least one request was served.
+    Park,
+    /// The idle timeout.
+    Idle,
 }
 
 impl Default for ConnActivity {
@@ -83,6 +95,7 @@ impl Default for ConnActivity {
             origin: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
         }
     }
 }
@@ -97,6 +110,7 @@ impl ConnActivity {
     pub fn end(&self) {
         let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.idle_since_ms.store(now, SeqCst);
+        self.served.store(true, SeqCst);
         self.active.fetch_sub(1, SeqCst);
     }
 
@@ -107,19 +121,38 @@ impl ConnActivity {
 
     /// Resolves once the connection has had no request in progress for `timeout`.
     pub async fn idle(&self, timeout: Duration) {
+        self.idle_for(timeout, None).await;
+    }
+
+    /// Resolves once the connection has had no request in progress for `park`
+    /// (if given, shorter than `timeout`, and a request has been served: a
+    /// connection that never sent one is left to the header timeout) or for
+    /// `timeout`, saying which.
+    pub async fn idle_for(&self, timeout: Duration, park: Option<Duration>) -> Expired {
+        let park = park.filter(|park| *park < timeout);
         loop {
             if self.active.load(SeqCst) == 0 {
                 let since = self.origin + Duration::from_millis(self.idle_since_ms.load(SeqCst));
-                let deadline = since + timeout;
+                let parkable = park.filter(|_| self.served.load(SeqCst));
+                let (deadline, expired) = match parkable {
+                    Some(park) => (since + park, Expired::Park),
+                    None => (since + timeout, Expired::Idle),
+                };
                 if Instant::now() >= deadline {
                     if self.active.load(SeqCst) == 0 {
-                        return;
+                        return expired;
                     }
                     continue;
                 }
-                tokio::time::sleep_until(deadline.into()).await;
+                // Not yet served: a first request may end before `timeout`
+                // and make the connection parkable; look again after `park`.
+                let wake = match (parkable, park) {
+                    (None, Some(park)) => deadline.min(Instant::now() + park),
+                    _ => deadline,
+                };
+                tokio::time::sleep_until(wake.into()).await;
             } else {
-                tokio::time::sleep(timeout).await;
+                tokio::time::sleep(park.unwrap_or(timeout)).await;
             }
         }
     }
@@ -309,6 +342,7 @@ macro_rules! service {
 
 /// Serves a connection until it ends; on shutdown, or after `idleTimeout`
 /// without a request in progress, closes it gracefully (in-flight requests finish).
+/// Evaluates to the connection's result and whether it was parked.
 ///
 /// A graceful close needs the client's help: HTTP/2 sends GOAWAY and a PING and
 /// waits for the answer, and a client that does not read (a PING or SETTINGS
@@ -316,36 +350,120 @@ macro_rules! service {
 /// answers would hold the connection forever. So once closing has begun, a
 /// connection with no request in progress is dropped after `$grace` (the
 /// listener's `requestHeaderTimeout`, 10 s by default).
+///
+/// `$park` (`Some(hold switch)` for HTTP/1.1 over TLS): after `PARK_AFTER`
+/// without a request, the hold is set and hyper asked to finish; it then
+/// hands the stream back without closing it (see `serve_http1_tls`).
 macro_rules! drive {
-    ($connection:expr, $activity:expr, $idle:expr, $grace:expr, $shutdown:expr) => {{
-        // A `Pin<Box<_>>`: see `serve_connection`.
-        let mut connection = $connection;
+    ($connection:ident, $activity:expr, $idle:expr, $grace:expr, $shutdown:expr, $park:expr) => {{
+        // `$connection` is a `Pin<Box<_>>`: see `serve_connection`.
+        let park: Option<&std::sync::atomic::AtomicBool> = $park;
         let mut closing = false;
+        let mut parking = false;
         let give_up = tokio::time::sleep(Duration::MAX);
         tokio::pin!(give_up);
         loop {
             tokio::select! {
-                result = connection.as_mut() => break result,
-                _ = $activity.idle($idle), if !closing => {
-                    closing = true;
-                    give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
-                    connection.as_mut().graceful_shutdown();
+                result = $connection.as_mut() => break (result, parking),
+                expired = $activity.idle_for($idle, park.map(|_| PARK_AFTER)), if !closing && !parking => {
+                    if let (Expired::Park, Some(hold)) = (expired, park) {
+                        parking = true;
+                        hold.store(true, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        closing = true;
+                        give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
+                    }
+                    $connection.as_mut().graceful_shutdown();
                 }
                 _ = $shutdown.wait_for(|stop| *stop), if !closing => {
                     closing = true;
                     give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
-                    connection.as_mut().graceful_shutdown();
+                    $connection.as_mut().graceful_shutdown();
                 }
                 _ = give_up.as_mut(), if closing => {
                     if $activity.is_idle() {
                         tracing::debug!("connection not closed by the client after GOAWAY; dropped");
-                        break Ok(());
+                        break (Ok(()), false);
                     }
                     give_up.as_mut().reset(tokio::time::Instant::now() + $grace);
                 }
             }
         }
     }};
+}
+
+/// How long an HTTP/1.1 connection over TLS waits without a request before it
+/// is parked: hyper's connection, with its two 8 KiB buffers, is dropped, and
+/// only the TLS stream (which holds no buffer while it waits) is kept until
+/// the client sends again. nginx frees its buffers at once; a second spares a
+/// busy connection the churn.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1.1 over TLS, parking the connection whenever it has been idle
+/// for `PARK_AFTER` (see there). Parking is undone by the client's next bytes;
+/// shutdown or `idleTimeout` close a parked connection with close_notify.
+async fn serve_http1_tls(
+    listening: &Listening,
+    conn: &Arc<ConnInfo>,
+    tls: crate::tls_stream::TlsStream,
+    idle: Duration,
+    grace: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), BoxError> {
+    // Boxed: while parked the task holds a pointer, not the stream.
+    let mut tls = Box::new(tls);
+    loop {
+        let hold = tls.hold_switch();
+        let mut connection = Box::pin(
+            listening
+                .http1
+                .serve_connection(TokioIo::new(tls), service!(conn))
+                .with_upgrades(),
+        );
+        let (result, parked) = drive!(
+            connection,
+            conn.activity,
+            idle,
+            grace,
+            shutdown,
+            Some(&hold)
+        );
+        result?;
+        // Not parked: the connection ended (closed, upgraded or dropped).
+        let Some(parts) = parked
+            .then(|| Pin::into_inner(connection).into_parts())
+            .flatten()
+        else {
+            return Ok(());
+        };
+        // hyper's connection (service, dispatcher, buffers) is gone after this.
+        tls = {
+            let mut io = parts.io.into_inner();
+            io.release_hold();
+            io.unread(&parts.read_buf);
+            io
+        };
+        let parked = &conn.state.metrics.connections_parked;
+        parked.fetch_add(1, SeqCst);
+        let woken = tokio::select! {
+            ready = std::future::poll_fn(|cx| tls.poll_readable(cx)) => Some(ready),
+            _ = conn.activity.idle(idle) => None,
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        parked.fetch_sub(1, SeqCst);
+        let closing = match woken {
+            Some(ready) => {
+                ready?;
+                false
+            }
+            None => true,
+        };
+        if closing {
+            // close_notify and FIN; a client that does not read cannot hold us.
+            let _ = tokio::time::timeout(grace, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+            return Ok(());
+        }
+    }
 }
 
 /// What a finished TLS handshake hands to the HTTP layer.
@@ -407,12 +525,12 @@ async fn serve_connection(
     let result: Result<(), BoxError> = match &listening.tls {
         None => {
             let conn = conn_info(&listening, name, peer, None);
-            let connection = Box::pin(
+            let mut connection = Box::pin(
                 listening
                     .builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service!(conn)),
             );
-            drive!(connection, conn.activity, idle, grace, shutdown)
+            drive!(connection, conn.activity, idle, grace, shutdown, None).0
         }
         Some(server_tls) => {
             let Some(Accepted { tls, sni, alpn }) =
@@ -421,28 +539,27 @@ async fn serve_connection(
                 return;
             };
             let conn = conn_info(&listening, name, peer, sni);
-            let io = TokioIo::new(tls);
             match alpn {
                 Some(Version::Http1) => {
-                    let connection = Box::pin(
-                        listening
-                            .http1
-                            .serve_connection(io, service!(conn))
-                            .with_upgrades(),
-                    );
-                    drive!(connection, conn.activity, idle, grace, shutdown).map_err(Into::into)
+                    serve_http1_tls(&listening, &conn, tls, idle, grace, &mut shutdown).await
                 }
                 Some(Version::Http2) => {
-                    let connection = Box::pin(listening.http2.serve_connection(io, service!(conn)));
-                    drive!(connection, conn.activity, idle, grace, shutdown).map_err(Into::into)
+                    let mut connection = Box::pin(
+                        listening
+                            .http2
+                            .serve_connection(TokioIo::new(tls), service!(conn)),
+                    );
+                    drive!(connection, conn.activity, idle, grace, shutdown, None)
+                        .0
+                        .map_err(Into::into)
                 }
                 None => {
-                    let connection = Box::pin(
+                    let mut connection = Box::pin(
                         listening
                             .builder
-                            .serve_connection_with_upgrades(io, service!(conn)),
+                            .serve_connection_with_upgrades(TokioIo::new(tls), service!(conn)),
                     );
-                    drive!(connection, conn.activity, idle, grace, shutdown)
+                    drive!(connection, conn.activity, idle, grace, shutdown, None).0
                 }
             }
         }

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -168,6 +169,11 @@ pub struct TlsStream {
     plaintext: Chunk,
     read_closed: bool,
     write_closed: bool,
+    /// The last write was refused (`Pending`): its writer still holds data.
+    write_blocked: bool,
+    /// Set while the connection is handed back from its HTTP server to be
+    /// parked: shutting the stream down then only flushes it.
+    hold: Arc<AtomicBool>,
 }
 
 /// A finished handshake: the stream and the SNI name the client sent.
@@ -234,6 +240,8 @@ pub async fn accept(
         plaintext: Chunk::default(),
         read_closed: false,
         write_closed: false,
+        write_blocked: false,
+        hold: Arc::default(),
     };
     match poll_fn(|cx| stream.poll_handshake(cx)).await {
         Ok(()) => Ok(Accepted { stream, sni }),
@@ -297,6 +305,38 @@ impl TlsStream {
     /// The ALPN protocol the handshake agreed on.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
+    }
+
+    /// The switch that makes `poll_shutdown` only flush (see `hold`): set it
+    /// before asking the HTTP server that owns the stream to finish.
+    pub fn hold_switch(&self) -> Arc<AtomicBool> {
+        self.hold.clone()
+    }
+
+    /// Makes shutting down close the connection again.
+    pub fn release_hold(&self) {
+        self.hold.store(false, Ordering::Relaxed);
+    }
+
+    /// Puts `bytes` back in front of what the next read returns: bytes the
+    /// HTTP server had read but not used when it handed the stream back.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let rest = self.plaintext.data().to_vec();
+        self.plaintext.consume(self.plaintext.len());
+        self.plaintext.push(bytes);
+        self.plaintext.push(&rest);
+    }
+
+    /// Ready when a read would not wait: data is buffered, the socket is
+    /// readable (or closed), or the stream has ended. Takes no buffer.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.plaintext.is_empty() || !self.incoming.is_empty() || self.read_closed {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_read_ready(cx)
     }
 
     /// Bytes of buffer this connection holds: 0 while it waits for the peer
@@ -564,7 +604,9 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match ready!(this.poll_write_inner(cx, data)) {
+        let written = this.poll_write_inner(cx, data);
+        this.write_blocked = written.is_pending();
+        match ready!(written) {
             Ok(n) => Poll::Ready(Ok(n)),
             Err(e) => Poll::Ready(Err(this.fail(e))),
         }
@@ -595,7 +637,9 @@ impl AsyncWrite for TlsStream {
                     break;
                 }
             }
-            match ready!(this.poll_write_inner(cx, &gather)) {
+            let written = this.poll_write_inner(cx, &gather);
+            this.write_blocked = written.is_pending();
+            match ready!(written) {
                 Ok(n) => Poll::Ready(Ok(n)),
                 Err(e) => Poll::Ready(Err(this.fail(e))),
             }
@@ -614,6 +658,18 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.hold.load(Ordering::Relaxed) {
+            ready!(this.poll_send(cx))?;
+            if this.write_blocked {
+                // The HTTP server may still hold bytes we refused: polled
+                // again, it writes them (hyper flushes before it shuts down)
+                // and only then hands the stream back.
+                this.write_blocked = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Pin::new(&mut this.io).poll_flush(cx);
+        }
         while !this.write_closed {
             match this.step(None, Job::CloseNotify)? {
                 Step::Wrote(_) | Step::Closed | Step::NeedInput => this.write_closed = true,

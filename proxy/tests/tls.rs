@@ -179,3 +179,152 @@ async fn host_outside_the_connections_certificate_is_misdirected() {
         }
     }
 }
+
+/// A TLS HTTP/1.1 keep-alive connection to the `https` listener of `proxy`.
+async fn keep_alive_client(
+    proxy: &meshgate_proxy::runtime::Running,
+    root: &CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.listener_addr("https").unwrap())
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("a.example.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; its status.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "response cut short"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head[9..12].parse().unwrap()
+}
+
+/// After a second without a request an HTTP/1.1 connection over TLS is parked
+/// (hyper's connection and buffers dropped, `meshgate_parked_connections`);
+/// the client's next request on the same connection is served, also one that
+/// arrives in pieces.
+#[tokio::test]
+async fn idle_http11_connections_are_parked_and_serve_again() {
+    use tokio::io::AsyncWriteExt;
+    let setup = setup().await;
+    let mut client = keep_alive_client(&setup.proxy, &setup.a.der).await;
+    let request = b"GET /tls HTTP/1.1\r\nHost: a.example.test\r\n\r\n";
+    client.write_all(request).await.unwrap();
+    assert_eq!(read_response(&mut client).await, 200);
+    assert_eq!(
+        metric(&setup.proxy, "meshgate_parked_connections").await,
+        Some(0.0)
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        metric(&setup.proxy, "meshgate_parked_connections").await,
+        Some(1.0)
+    );
+    client.write_all(request).await.unwrap();
+    assert_eq!(
+        read_response(&mut client).await,
+        200,
+        "served after parking"
+    );
+    assert_eq!(
+        metric(&setup.proxy, "meshgate_parked_connections").await,
+        Some(0.0)
+    );
+
+    // Parked again, then woken by the first half of a request.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        metric(&setup.proxy, "meshgate_parked_connections").await,
+        Some(1.0)
+    );
+    client.write_all(&request[..10]).await.unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    client.write_all(&request[10..]).await.unwrap();
+    assert_eq!(
+        read_response(&mut client).await,
+        200,
+        "a request split around the wake-up"
+    );
+}
+
+/// `idleTimeout` closes a parked connection, with close_notify.
+#[tokio::test]
+async fn parked_connections_close_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    meshgate_proxy::install_crypto_provider();
+    let echo = spawn_echo("echo").await.unwrap();
+    let a = cert("cert-a", &["a.example.test"]);
+    let listeners = "  - name: https\n    port: 443\n    protocol: HTTPS\n    tls: {certificateRefs: [{name: cert-a}]}";
+    let yaml = gateway_yaml_with_client(
+        listeners,
+        &tagged_route("all", "[]", "echo", ""),
+        "{idleTimeout: 2500ms}",
+    ) + &service_yaml("echo", echo, true)
+        + &a.secret_yaml;
+    let proxy = start_yaml(&yaml, &["https"]).await;
+    let mut client = keep_alive_client(&proxy, &a.der).await;
+    client
+        .write_all(b"GET /tls HTTP/1.1\r\nHost: a.example.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut client).await, 200);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        metric(&proxy, "meshgate_parked_connections").await,
+        Some(1.0)
+    );
+    // A clean end of stream (close_notify) at the idle timeout, not a reset.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_to_end(&mut rest),
+    )
+    .await
+    .expect("closed in time");
+    assert!(read.is_ok(), "{read:?}");
+    assert!(rest.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(2300)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(
+        metric(&proxy, "meshgate_parked_connections").await,
+        Some(0.0)
+    );
+}

@@ -378,3 +378,26 @@ async fn tls12_clients_are_served_too() {
     client.shutdown().await.expect("close_notify");
     assert_eq!(echoed.await.expect("join").expect("server"), data.len());
 }
+
+#[tokio::test]
+async fn tls13_sessions_resume_from_the_tickets_sent_after_the_handshake() {
+    let pki = pki();
+    let (client, server) = pair(&pki).await;
+    assert_eq!(
+        client.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    let echoed = tokio::spawn(echo(server));
+    // Reading the echo also reads the tickets, sent after the handshake.
+    let (mut client, got) = round_trip(client, b"ticket please", 64).await;
+    assert_eq!(got, b"ticket please");
+    client.shutdown().await.expect("close_notify");
+    echoed.await.expect("join").expect("server");
+
+    // The same client config (its session cache) connects again.
+    let (client, _server) = pair(&pki).await;
+    assert_eq!(
+        client.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
