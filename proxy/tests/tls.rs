@@ -203,6 +203,13 @@ async fn keep_alive_client(
         .unwrap()
 }
 
+/// `meshgate_parked_connections` of `proxy`.
+async fn parked(proxy: &meshgate_proxy::runtime::Running) -> u64 {
+    metric(proxy, "meshgate_parked_connections")
+        .await
+        .expect("the gauge is exported") as u64
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body; its status.
 async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> u16 {
     use tokio::io::AsyncReadExt;
@@ -242,33 +249,21 @@ async fn idle_http11_connections_are_parked_and_serve_again() {
     let request = b"GET /tls HTTP/1.1\r\nHost: a.example.test\r\n\r\n";
     client.write_all(request).await.unwrap();
     assert_eq!(read_response(&mut client).await, 200);
-    assert_eq!(
-        metric(&setup.proxy, "meshgate_parked_connections").await,
-        Some(0.0)
-    );
+    assert_eq!(parked(&setup.proxy).await, 0);
 
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        metric(&setup.proxy, "meshgate_parked_connections").await,
-        Some(1.0)
-    );
+    assert_eq!(parked(&setup.proxy).await, 1);
     client.write_all(request).await.unwrap();
     assert_eq!(
         read_response(&mut client).await,
         200,
         "served after parking"
     );
-    assert_eq!(
-        metric(&setup.proxy, "meshgate_parked_connections").await,
-        Some(0.0)
-    );
+    assert_eq!(parked(&setup.proxy).await, 0);
 
     // Parked again, then woken by the first half of a request.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        metric(&setup.proxy, "meshgate_parked_connections").await,
-        Some(1.0)
-    );
+    assert_eq!(parked(&setup.proxy).await, 1);
     client.write_all(&request[..10]).await.unwrap();
     client.flush().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -303,10 +298,7 @@ async fn parked_connections_close_at_the_idle_timeout() {
     assert_eq!(read_response(&mut client).await, 200);
     let started = std::time::Instant::now();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        metric(&proxy, "meshgate_parked_connections").await,
-        Some(1.0)
-    );
+    assert_eq!(parked(&proxy).await, 1);
     // A clean end of stream (close_notify) at the idle timeout, not a reset.
     let mut rest = Vec::new();
     let read = tokio::time::timeout(
@@ -323,8 +315,5 @@ async fn parked_connections_close_at_the_idle_timeout() {
             && waited < std::time::Duration::from_secs(5),
         "{waited:?}"
     );
-    assert_eq!(
-        metric(&proxy, "meshgate_parked_connections").await,
-        Some(0.0)
-    );
+    assert_eq!(parked(&proxy).await, 0);
 }

@@ -211,16 +211,21 @@ fn trickle(inbound: TcpStream, outbound: TcpStream) {
     });
 }
 
+/// Echoes `data` through `server` in `chunk`-sized writes, then closes from
+/// the client: the echo must match and the server count every byte.
+async fn echo_and_close(client: Client, server: TlsStream, data: &[u8], chunk: usize) {
+    let echoed = tokio::spawn(echo(server));
+    let (mut client, got) = round_trip(client, data, chunk).await;
+    assert!(got == data, "echo differs");
+    client.shutdown().await.expect("close_notify");
+    assert_eq!(echoed.await.expect("join").expect("server"), data.len());
+}
+
 #[tokio::test]
 async fn records_arriving_byte_by_byte_are_put_together() {
     let pki = pki();
     let (client, server) = pair_via(&pki, Some(trickle)).await;
-    let echoed = tokio::spawn(echo(server));
-    let data = pattern(20_000, 3);
-    let (mut client, got) = round_trip(client, &data, 20_000).await;
-    assert!(got == data, "echo through the trickle differs");
-    client.shutdown().await.expect("close_notify");
-    assert_eq!(echoed.await.expect("join").expect("server"), data.len());
+    echo_and_close(client, server, &pattern(20_000, 3), 20_000).await;
 }
 
 #[tokio::test]
@@ -371,12 +376,7 @@ async fn tls12_clients_are_served_too() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
     assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let echoed = tokio::spawn(echo(server));
-    let data = pattern(200_000, 11);
-    let (mut client, got) = round_trip(client, &data, 5000).await;
-    assert!(got == data, "TLS 1.2 echo differs");
-    client.shutdown().await.expect("close_notify");
-    assert_eq!(echoed.await.expect("join").expect("server"), data.len());
+    echo_and_close(client, server, &pattern(200_000, 11), 5000).await;
 }
 
 #[tokio::test]
