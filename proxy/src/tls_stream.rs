@@ -12,6 +12,10 @@
 //! The ClientHello is read first with rustls' `Acceptor`, so that the server
 //! config (its cipher suite order) can be chosen per client, as
 //! `LazyConfigAcceptor` did; the bytes are then handed to the connection.
+//!
+//! With its hold switch set, shutting the stream down only flushes it: that is
+//! how hyper hands an idle HTTP/1.1 connection back to be parked (server.rs,
+//! `serve_http1_tls`) without closing it.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
