@@ -79,13 +79,18 @@ async fn pair_via(pki: &Pki, relay: Option<fn(TcpStream, TcpStream)>) -> (Client
         let (tcp, _) = listener.accept().await.expect("accept");
         tls_stream::accept(tcp, |_| server_config).await
     });
-    let tcp = TcpStream::connect(connect_to).await.expect("connect");
-    let client = tokio_rustls::TlsConnector::from(pki.client.clone())
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("client handshake");
+    let client = connect(pki, connect_to).await;
     let accepted = server.await.expect("join").expect("server handshake");
     (client, accepted.stream)
+}
+
+/// A tokio-rustls client of `pki`, connected to `addr` as "localhost".
+async fn connect(pki: &Pki, addr: std::net::SocketAddr) -> Client {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(pki.client.clone())
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("client handshake")
 }
 
 async fn pair(pki: &Pki) -> (Client, TlsStream) {
@@ -330,11 +335,7 @@ async fn the_config_is_chosen_from_the_client_hello() {
         })
         .await
     });
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let _client = tokio_rustls::TlsConnector::from(pki.client.clone())
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake");
+    let _client = connect(&pki, addr).await;
     let accepted = server.await.expect("join").expect("server handshake");
     assert_eq!(accepted.sni.as_deref(), Some("localhost"));
     assert_eq!(accepted.stream.alpn_protocol(), Some(&b"h2"[..]));
